@@ -1,0 +1,376 @@
+"""The GRPO LightningModule: rollout → rewards → advantages → token weights → clipped loss.
+
+One training step (one batch of prompts from the DataModule)::
+
+    generate G completions per prompt (no_grad, eval mode, KV cache)
+    score them with the verifiable rewards              -> r (N,)
+    group-relative advantages                           -> Â (N,), broadcast to (N, T)
+    [old pass: log π_old and entropy, no_grad]          only when μ > 1 or micro-batching
+    scheme.update(token-mean entropy of π_old)          STARE's gate, once per step
+    μ times: for each micro-batch: log π_θ, entropy -> ω = scheme.weights -> loss -> backward
+             then clip gradients, optimizer step, LR scheduler step
+
+Manual optimisation, because one batch of prompts yields μ optimizer steps: Lightning's
+``global_step`` (and so ``trainer.max_steps``) counts optimizer steps, i.e. rollout batches × μ.
+
+With μ = 1 and one micro-batch, π_old is π_θ itself: the training forward pass doubles as the
+"old" pass (its detached log-probs are log π_old and ρ ≡ 1 in value), saving a forward.
+
+``training_step`` returns detached per-token tensors (entropy, surprisal, advantages, weights,
+mask) and the rewards; callbacks read them in ``on_train_batch_end``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from stare_lit.advantages import AdvantageScale, equal_groups, group_advantages
+from stare_lit.distributed import all_reduce_sum, masked_mean
+from stare_lit.errors import check
+from stare_lit.logprobs import token_logprobs_and_entropy
+from stare_lit.loss import Aggregation, policy_loss
+from stare_lit.policy import Policy
+from stare_lit.rewards import Reward, none_fraction, score_completions
+from stare_lit.rollout import Rollout, Sampling, format_prompts, generate
+from stare_lit.weighting import GRPO, TokenBatch, TokenWeighting
+
+
+@dataclass
+class LossSettings:
+    """The clipped surrogate (see stare_lit.loss.policy_loss).
+
+    Args:
+        clip_low: ε_low of the ratio clip.
+        clip_high: ε_high ("clip-higher", DAPO); equal to clip_low for symmetric PPO clipping.
+        dual_clip: c > 1 of dual-clip PPO for negative advantages (STARE recipe: 10), or None.
+        agg: token-mean (DAPO, default), seq-mean-token-mean, or seq-mean-token-sum-norm (Dr. GRPO,
+            normalised by sampling.max_new_tokens).
+        beta: coefficient of the k3 KL to a frozen reference model; 0 builds no reference model.
+    """
+
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    dual_clip: float | None = None
+    agg: Aggregation = "token-mean"
+    beta: float = 0.0
+
+    def __post_init__(self) -> None:
+        check(0 <= self.clip_low < 1 and self.clip_high >= 0,
+              f"model.loss: need 0 <= clip_low < 1 and clip_high >= 0, got {self.clip_low}, {self.clip_high}")
+        check(self.dual_clip is None or self.dual_clip > 1,
+              f"model.loss.dual_clip must be > 1 (verl uses 3, STARE 10) or null, got {self.dual_clip}")
+        check(self.beta >= 0, f"model.loss.beta must be >= 0, got {self.beta}")
+
+
+@dataclass
+class Tokens:
+    """Per-token tensors of one rollout batch, all (N, T) unless noted."""
+
+    old_logprobs: Tensor
+    entropy: Tensor  # of π_old
+    advantages: Tensor
+    mask: Tensor  # bool
+    ref_logprobs: Tensor | None = None
+
+
+class GRPOModule(L.LightningModule):
+    """GRPO with pluggable token weighting (STARE, ...) for RL with verifiable rewards.
+
+    Args:
+        policy: where the model and tokenizer come from.
+        rewards: verifiable reward functions; their weighted sum is the reward.
+        reward_weights: one weight per reward (default: all 1).
+        scheme: token-weighting scheme (default GRPO, ω ≡ 1); e.g. stare_lit.weighting.STARE.
+        group_size: G, completions sampled per prompt (>= 2).
+        sampling: how completions are sampled.
+        loss: the clipped surrogate's settings.
+        advantage_scale: "group" (GRPO), "none" (Dr. GRPO) or "batch" std scaling.
+        advantage_eps: added to the std.
+        dynamic_sampling: drop groups whose rewards are all equal from the loss (DAPO); they carry
+            no policy gradient but would otherwise dilute token-mean.
+        updates_per_batch: μ, optimizer steps per rollout batch (1 = on-policy).
+        micro_batch_size: completions per forward/backward (gradient accumulation); None = all.
+        grad_clip: max global gradient norm, or None.
+        optimizer: any torch optimizer (class_path + init_args in YAML).
+        lr_scheduler: any torch LR scheduler, stepped once per optimizer step.
+        logprob_chunk_size: rows of the log-prob/entropy pass computed at once.
+        chat_template: wrap prompts with the tokenizer's chat template.
+        system_prompt: system message when chat_template is on.
+        val_samples: k for validation accuracy mean@k and pass@k.
+        val_temperature: sampling temperature in validation (0 = greedy, needs val_samples 1).
+        accuracy_reward: index of the reward that defines "correct" (value >= 1) in validation.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        rewards: list[Reward],
+        reward_weights: list[float] | None = None,
+        scheme: TokenWeighting | None = None,
+        group_size: int = 8,
+        sampling: Sampling | None = None,
+        loss: LossSettings | None = None,
+        advantage_scale: AdvantageScale = "group",
+        advantage_eps: float = 1e-6,
+        dynamic_sampling: bool = False,
+        updates_per_batch: int = 1,
+        micro_batch_size: int | None = None,
+        grad_clip: float | None = 1.0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        logprob_chunk_size: int = 1024,
+        chat_template: bool = False,
+        system_prompt: str | None = None,
+        val_samples: int = 4,
+        val_temperature: float = 1.0,
+        accuracy_reward: int = 0,
+    ) -> None:
+        super().__init__()
+        check(group_size >= 2, f"model.group_size must be >= 2 (GRPO compares samples of a prompt), got {group_size}")
+        check(len(rewards) >= 1, "model.rewards is empty; give at least one reward (class_path + init_args)")
+        check(reward_weights is None or len(reward_weights) == len(rewards),
+              f"model.reward_weights has {len(reward_weights or [])} values for {len(rewards)} rewards")
+        check(updates_per_batch >= 1, f"model.updates_per_batch must be >= 1, got {updates_per_batch}")
+        check(micro_batch_size is None or micro_batch_size >= 1, "model.micro_batch_size must be >= 1 or null")
+        check(0 <= accuracy_reward < len(rewards), f"model.accuracy_reward must index model.rewards, got {accuracy_reward}")
+        check(val_samples >= 1, f"model.val_samples must be >= 1, got {val_samples}")
+        check(val_temperature > 0 or val_samples == 1, "model.val_temperature 0 (greedy) needs model.val_samples 1")
+        self.automatic_optimization = False
+        self.policy = policy
+        self.rewards = rewards
+        self.reward_weights = reward_weights
+        self.scheme = scheme if scheme is not None else GRPO()
+        self.group_size = group_size
+        self.sampling = sampling or Sampling()
+        self.loss_settings = loss or LossSettings()
+        self.advantage_scale = advantage_scale
+        self.advantage_eps = advantage_eps
+        self.dynamic_sampling = dynamic_sampling
+        self.updates_per_batch = updates_per_batch
+        self.micro_batch_size = micro_batch_size
+        self.grad_clip = grad_clip
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.logprob_chunk_size = logprob_chunk_size
+        self.chat_template = chat_template
+        self.system_prompt = system_prompt
+        self.val_samples = val_samples
+        self.val_temperature = val_temperature
+        self.accuracy_reward = accuracy_reward
+        self.tokenizer = policy.load_tokenizer()  # early: a bad path fails before anything is written
+        self.model = None
+        self._ref_model = [None]  # in a list: frozen, not a submodule, not in checkpoints
+        self.val_mean_at_k = MeanMetric()
+        self.val_pass_at_k = MeanMetric()
+
+    # ---------------------------------------------------------------- model
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return  # idempotent: Lightning may call it again (e.g. under FSDP)
+        self.model = self.policy.build_model()
+        if self.loss_settings.beta > 0:
+            ref = self.policy.build_model().eval().requires_grad_(False)
+            self._ref_model[0] = ref
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.model.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
+                                                         "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        if self._ref_model[0] is not None:
+            self._ref_model[0].to(self.device)
+
+    # ---------------------------------------------------------------- pieces of a step
+    def rollout(self, prompts: list[str], group_size: int, greedy: bool = False) -> Rollout:
+        texts = format_prompts(self.tokenizer, prompts, self.chat_template, self.system_prompt)
+        return generate(self.model, self.tokenizer, texts, group_size, self.sampling, greedy=greedy)
+
+    def score(self, batch: dict[str, list], rollout: Rollout, group_size: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Rewards (N,) for the rollout; the batch's columns are repeated G times to align."""
+        repeat = lambda values: [v for v in values for _ in range(group_size)]  # noqa: E731
+        columns = {k: repeat(v) for k, v in batch.items() if k != "prompt"}
+        total, per_reward = score_completions(self.rewards, self.reward_weights, repeat(batch["prompt"]),
+                                              rollout.completions, columns)
+        return total.to(self.device), per_reward
+
+    def token_logprobs(self, model, rollout: Rollout, rows: slice | Tensor) -> tuple[Tensor, Tensor]:
+        """log π(completion tokens) and entropy for the selected rows: (n, T) each, float32."""
+        T = rollout.completion_ids.shape[1]
+        out = model(input_ids=rollout.input_ids[rows], attention_mask=rollout.attention_mask[rows],
+                    position_ids=rollout.position_ids[rows], logits_to_keep=T + 1, use_cache=False)
+        logits = out.logits[:, :-1]  # (n, T, V): position P−1+t predicts completion token t
+        return token_logprobs_and_entropy(logits, rollout.completion_ids[rows], self.sampling.temperature,
+                                          self.logprob_chunk_size)
+
+    def micro_batches(self, n: int) -> list[slice]:
+        size = self.micro_batch_size or n
+        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+    @torch.no_grad()
+    def old_pass(self, rollout: Rollout, advantages: Tensor) -> Tokens:
+        """log π_old, entropy of π_old and (β > 0) log π_ref for every completion, without grad."""
+        n = rollout.input_ids.shape[0]
+        logps, ents, refs = [], [], []
+        for rows in self.micro_batches(n):
+            lp, ent = self.token_logprobs(self.model, rollout, rows)
+            logps.append(lp)
+            ents.append(ent)
+            if self._ref_model[0] is not None:
+                refs.append(self.token_logprobs(self._ref_model[0], rollout, rows)[0])
+        mask = rollout.completion_mask
+        return Tokens(old_logprobs=torch.cat(logps), entropy=torch.cat(ents),
+                      advantages=advantages[:, None].expand_as(mask).float(), mask=mask,
+                      ref_logprobs=torch.cat(refs) if refs else None)
+
+    def update(self, rollout: Rollout, tokens: Tokens | None, advantages: Tensor) -> tuple[Tokens, Tensor, dict]:
+        """μ optimizer steps on one rollout batch. Returns (tokens, weights of the first update, stats)."""
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
+        s = self.loss_settings
+        mask = rollout.completion_mask
+        fused_old_pass = tokens is None  # μ = 1 and one micro-batch: π_old = π_θ
+        world = self.trainer.world_size if self._trainer is not None else 1
+        n_tokens = all_reduce_sum(mask.sum().float()).item()  # world-level normalisers
+        n_rows = all_reduce_sum(torch.tensor(float(mask.shape[0]), device=mask.device)).item()
+        first_weights, stats = None, {}
+        for step in range(self.updates_per_batch):
+            weights_all, loss_total = [], 0.0
+            for rows in self.micro_batches(mask.shape[0]):
+                logprobs, entropy = self.token_logprobs(self.model, rollout, rows)
+                if fused_old_pass:
+                    tokens = Tokens(old_logprobs=logprobs.detach(), entropy=entropy.detach(),
+                                    advantages=advantages[:, None].expand_as(mask).float(), mask=mask)
+                    self.scheme.update(masked_mean(tokens.entropy, mask).item())
+                batch = TokenBatch(logprobs=logprobs, old_logprobs=tokens.old_logprobs[rows],
+                                   advantages=tokens.advantages[rows], mask=mask[rows], entropy=entropy.detach())
+                weights = self.scheme.weights(batch)
+                loss, stats = policy_loss(
+                    logprobs, batch.old_logprobs, batch.advantages, batch.mask, weights=weights,
+                    clip_low=s.clip_low, clip_high=s.clip_high, dual_clip=s.dual_clip, agg=s.agg,
+                    ref_logprobs=None if tokens.ref_logprobs is None else tokens.ref_logprobs[rows], beta=s.beta,
+                    norm=float(self.sampling.max_new_tokens))
+                # Each micro-batch's loss is a mean over its own tokens (or rows); rescale so the sum
+                # over micro-batches and the gradient average over ranks give the world-level mean.
+                share = batch.mask.sum().item() / n_tokens if s.agg == "token-mean" else batch.mask.shape[0] / n_rows
+                self.manual_backward(loss * share * world)
+                loss_total += loss.detach().item() * share * world
+                weights_all.append(torch.ones_like(logprobs) if weights is None else weights)
+            grad_norm = self.clip_and_step(optimizer)
+            if scheduler is not None:
+                scheduler.step()
+            if step == 0:
+                first_weights = torch.cat(weights_all).detach()
+                stats = {**{k: v.item() for k, v in stats.items()}, "loss": loss_total, "grad_norm": grad_norm}
+        return tokens, first_weights, stats
+
+    def clip_and_step(self, optimizer) -> float:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip else math.inf)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+    # ---------------------------------------------------------------- the step
+    def training_step(self, batch: dict[str, list], batch_idx: int):
+        G = self.group_size
+        t0 = time.perf_counter()
+        rollout = self.rollout(batch["prompt"], G)
+        t1 = time.perf_counter()
+        rewards, per_reward = self.score(batch, rollout, G)
+        advantages = group_advantages(rewards, G, self.advantage_scale, self.advantage_eps)  # (N,)
+        flat = equal_groups(rewards, G)  # (P,)
+        unscored = torch.isnan(rewards)
+        keep = ~unscored
+        if self.dynamic_sampling:
+            keep &= ~flat.repeat_interleave(G)
+        # Unscorable completions, and dropped groups, leave the loss entirely.
+        rollout.completion_mask &= keep[:, None]
+        t2 = time.perf_counter()
+        need_old_pass = self.updates_per_batch > 1 or len(self.micro_batches(len(rewards))) > 1 \
+            or self._ref_model[0] is not None
+        tokens = None
+        if need_old_pass:
+            tokens = self.old_pass(rollout, advantages)
+            self.scheme.update(masked_mean(tokens.entropy, rollout.completion_mask).item())
+        if rollout.completion_mask.any():
+            tokens, weights, stats = self.update(rollout, tokens, advantages)
+        else:  # every group dropped: nothing to learn from this batch
+            tokens = tokens or self.old_pass(rollout, advantages)
+            weights, stats = torch.ones_like(tokens.old_logprobs), {"skipped_update": 1.0}
+        t3 = time.perf_counter()
+        self.log_step(rollout, rewards, per_reward, flat, unscored, tokens, stats, times=(t1 - t0, t2 - t1, t3 - t2))
+        return {"loss": torch.tensor(stats.get("loss", 0.0)), "entropy": tokens.entropy,
+                "surprisal": -tokens.old_logprobs, "advantages": tokens.advantages, "weights": weights,
+                "mask": tokens.mask, "rewards": rewards.detach()}
+
+    def log_step(self, rollout, rewards, per_reward, flat, unscored, tokens: Tokens, stats, times) -> None:
+        mask = rollout.completion_mask
+        scored = rewards[~torch.isnan(rewards)]
+        metrics = {
+            "train/reward": scored.mean().item() if len(scored) else math.nan,
+            "train/frac_zero_std": flat.float().mean().item(),
+            "train/frac_unscored": unscored.float().mean().item(),
+            "train/completion_length": rollout.completion_mask.sum(-1).float().mean().item(),
+            "train/frac_truncated": rollout.truncated.float().mean().item(),
+            "train/entropy": masked_mean(tokens.entropy, mask).item(),
+            "train/surprisal": masked_mean(-tokens.old_logprobs, mask).item(),
+            "time/generate_s": times[0], "time/score_s": times[1], "time/update_s": times[2],
+            "train/generated_tokens_per_s": rollout.completion_mask.sum().item() / max(times[0], 1e-9),
+        }
+        metrics |= {f"train/{k}": v for k, v in stats.items()}
+        for name, values in per_reward.items():
+            ok = values[~torch.isnan(values)]
+            metrics[f"reward/{name}"] = ok.mean().item() if len(ok) else math.nan
+        metrics |= {f"reward/{name}_none_frac": v for name, v in none_fraction(per_reward).items()}
+        metrics |= {f"scheme/{k}": v for k, v in self.scheme.metrics().items()}
+        metrics["train/lr"] = self.optimizers().param_groups[0]["lr"]
+        self.log_dict({k: float(v) for k, v in metrics.items()}, on_step=True, on_epoch=False,
+                      batch_size=len(rewards), sync_dist=False)
+        self.log("reward", metrics["train/reward"], prog_bar=True, logger=False, batch_size=len(rewards))
+        self.log("entropy", metrics["train/entropy"], prog_bar=True, logger=False, batch_size=len(rewards))
+
+    # ---------------------------------------------------------------- validation
+    def validation_step(self, batch: dict[str, list], batch_idx: int) -> None:
+        k = self.val_samples
+        greedy = self.val_temperature == 0
+        sampling, self.sampling = self.sampling, Sampling(**{**vars(self.sampling),
+                                                             "temperature": self.val_temperature or 1.0})
+        try:
+            rollout = self.rollout(batch["prompt"], k, greedy=greedy)
+        finally:
+            self.sampling = sampling
+        _, per_reward = self.score(batch, rollout, k)
+        values = list(per_reward.values())[self.accuracy_reward].to(self.device)  # (P*k,)
+        scorable = ~torch.isnan(values)
+        correct = (values >= 1.0).float().view(-1, k)  # (P, k)
+        rows = scorable.view(-1, k).all(-1)  # prompts every sample of which could be scored
+        self.val_mean_at_k.update(correct[rows].mean(-1))
+        self.val_pass_at_k.update(correct[rows].amax(-1))
+
+    def on_validation_epoch_end(self) -> None:
+        k = self.val_samples
+        self.log(f"val/mean@{k}", self.val_mean_at_k.compute(), prog_bar=True)
+        self.log(f"val/pass@{k}", self.val_pass_at_k.compute())
+        self.val_mean_at_k.reset()
+        self.val_pass_at_k.reset()
+
+    # ---------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["weighting_scheme"] = self.scheme.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "weighting_scheme" in checkpoint:
+            self.scheme.load_state_dict(checkpoint["weighting_scheme"])
+        self.configure_model()  # the model exists before its weights are loaded

@@ -1,0 +1,350 @@
+"""Verifiable rewards: score each completion, then combine the scores into one reward per completion.
+
+A reward is a class whose constructor arguments are its config, chosen in YAML by class path::
+
+    rewards:
+      - class_path: stare_lit.rewards.MathAnswerReward
+      - class_path: stare_lit.rewards.FormatReward
+        init_args:
+          pattern: '<think>.*</think>\\s*<answer>.*</answer>'
+    reward_weights: [1.0, 0.1]
+
+Design choices:
+
+- A reward returns ``None`` for a completion it cannot judge (the gold answer is missing or does
+  not parse). It never falls back to 1.0: that would reward the policy for the dataset's gaps.
+- ``score_completions`` sums the weighted rewards that are not ``None``; a completion that no
+  reward can judge gets NaN, so the caller can leave it out of the advantages and count it.
+- A reward that raises, or returns something that is not one number (or ``None``) per completion,
+  stops training with a ``RewardError`` naming the reward and the first bad completion, rather
+  than training on a silently wrong signal.
+"""
+
+import math
+import numbers
+import re
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import torch
+from math_verify import parse, verify
+
+from stare_lit.errors import ConfigError, check
+
+
+class Reward(ABC):
+    """Scores completions; one value per completion, ``None`` where the reward does not apply.
+
+    Args:
+        name: Name in logs and metrics; defaults to the class name in snake_case.
+    """
+
+    def __init__(self, name: Optional[str] = None) -> None:
+        check(
+            name is None or bool(name.strip()),
+            f"{type(self).__name__} init_args.name is empty; give a name or leave it unset.",
+        )
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        """The name this reward is logged under."""
+        return self._name or _snake_case(type(self).__name__)
+
+    @abstractmethod
+    def __call__(self, prompts: list[str], completions: list[str], **columns: list) -> list[Optional[float]]:
+        """Score a batch.
+
+        Args:
+            prompts: The prompt of each completion (repeated for each completion of a prompt).
+            completions: The generated texts.
+            **columns: The dataset's other columns (e.g. ``answer=[...]``), aligned with ``completions``.
+
+        Returns:
+            One value per completion: a number, or ``None`` if the reward does not apply to it.
+        """
+
+
+class MathAnswerReward(Reward):
+    """1.0 if the completion's final answer is mathematically equal to the gold answer, else 0.0.
+
+    Uses math-verify: ``\\frac{1}{2}``, ``1/2`` and ``0.5`` are equal, as are equivalent
+    expressions and sets. The prediction is the completion's ``\\boxed{}`` answer, or else its last
+    answer-like expression. A bare gold (``72``, ``x^2+1``) is read as LaTeX; a gold that already
+    has ``$``, ``\\(``, ``\\[`` or ``\\boxed`` is parsed as written.
+
+    Returns ``None`` when the gold answer is missing or does not parse. A completion that makes
+    math-verify fail (pathological text, a time-out) scores 0.0: it is a wrong answer, not a crash.
+
+    Args:
+        answer_column: Dataset column holding the gold answer.
+        timeout_seconds: math-verify's time limit per parse and per comparison. It uses
+            ``signal.alarm``, which only works on the main thread, so off the main thread (e.g. in a
+            thread pool) it is off; bound the time there yourself. ``None`` turns it off everywhere.
+        name: Name in logs and metrics; defaults to ``math_answer_reward``.
+    """
+
+    def __init__(
+        self, answer_column: str = "answer", timeout_seconds: Optional[int] = 5, name: Optional[str] = None
+    ) -> None:
+        super().__init__(name)
+        check(
+            timeout_seconds is None or timeout_seconds >= 1,
+            f"MathAnswerReward init_args.timeout_seconds={timeout_seconds}; use a whole number of seconds >= 1,"
+            " or null for no time limit.",
+        )
+        self.answer_column = answer_column
+        self.timeout_seconds = timeout_seconds
+
+    def __call__(self, prompts: list[str], completions: list[str], **columns: list) -> list[Optional[float]]:
+        golds = _answer_column(self, self.answer_column, columns)
+        # signal.alarm raises off the main thread; there math-verify must run without its timer.
+        timeout = self.timeout_seconds if threading.current_thread() is threading.main_thread() else None
+        parsed_golds: dict[str, Optional[list]] = {}  # GRPO repeats each gold G times: parse it once
+        scores: list[Optional[float]] = []
+        for completion, gold in zip(completions, golds):
+            key = "" if gold is None else str(gold)
+            if key not in parsed_golds:
+                parsed_golds[key] = _parse_gold(key, timeout)
+            parsed_gold = parsed_golds[key]
+            scores.append(None if parsed_gold is None else _verify(parsed_gold, completion, timeout))
+        return scores
+
+
+class ExactMatchReward(Reward):
+    """1.0 if the completion's answer equals the gold answer as a string, else 0.0.
+
+    The answer is the first group of the last match of ``pattern`` (the whole match if it has no
+    group); a completion where it does not match scores 0.0. Without a pattern the answer is the
+    last non-empty line. Returns ``None`` when the gold answer is missing or empty.
+
+    Args:
+        answer_column: Dataset column holding the gold answer.
+        pattern: Regular expression that extracts the answer, e.g. ``<answer>(.*?)</answer>``
+            (``.`` also matches newlines).
+        strip: Ignore leading and trailing whitespace of the answer and the gold.
+        case_sensitive: Compare case-sensitively.
+        name: Name in logs and metrics; defaults to ``exact_match_reward``.
+    """
+
+    def __init__(
+        self,
+        answer_column: str = "answer",
+        pattern: Optional[str] = None,
+        strip: bool = True,
+        case_sensitive: bool = True,
+        name: Optional[str] = None,
+    ) -> None:
+        super().__init__(name)
+        self.answer_column = answer_column
+        self.pattern = None if pattern is None else _compile(type(self).__name__, pattern)
+        self.strip = strip
+        self.case_sensitive = case_sensitive
+
+    def __call__(self, prompts: list[str], completions: list[str], **columns: list) -> list[Optional[float]]:
+        golds = _answer_column(self, self.answer_column, columns)
+        scores: list[Optional[float]] = []
+        for completion, gold in zip(completions, golds):
+            gold = None if gold is None else self._normalise(str(gold))
+            if not gold:
+                scores.append(None)
+                continue
+            answer = self._extract(completion)
+            scores.append(float(answer is not None and self._normalise(answer) == gold))
+        return scores
+
+    def _extract(self, completion: str) -> Optional[str]:
+        if self.pattern is None:
+            lines = [line for line in completion.splitlines() if line.strip()]
+            return lines[-1] if lines else completion
+        matches = list(self.pattern.finditer(completion))
+        if not matches:
+            return None
+        last = matches[-1]
+        return last.group(1) if self.pattern.groups else last.group(0)
+
+    def _normalise(self, text: str) -> str:
+        text = text.strip() if self.strip else text
+        return text if self.case_sensitive else text.casefold()
+
+
+class FormatReward(Reward):
+    """1.0 if the completion matches a regular expression, else 0.0.
+
+    Args:
+        pattern: Regular expression, e.g. ``<think>.*</think>\\s*<answer>.*</answer>``
+            (``.`` also matches newlines).
+        full_match: Require the whole completion to match, not just a part of it.
+        name: Name in logs and metrics; defaults to ``format_reward``.
+    """
+
+    def __init__(self, pattern: str, full_match: bool = False, name: Optional[str] = None) -> None:
+        super().__init__(name)
+        check(bool(pattern), "FormatReward init_args.pattern is empty; give the regular expression to match.")
+        self.pattern = _compile(type(self).__name__, pattern)
+        self.full_match = full_match
+
+    def __call__(self, prompts: list[str], completions: list[str], **columns: list) -> list[Optional[float]]:
+        match = self.pattern.fullmatch if self.full_match else self.pattern.search
+        return [float(match(completion) is not None) for completion in completions]
+
+
+class RewardError(RuntimeError):
+    """A reward raised, or returned something other than one number (or ``None``) per completion."""
+
+
+def score_completions(
+    rewards: Sequence[Reward],
+    weights: Optional[Sequence[float]],
+    prompts: list[str],
+    completions: list[str],
+    columns: dict[str, list],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Run every reward on a batch and combine them into one reward per completion.
+
+    Example: rewards ``a`` and ``b`` with weights ``[1, 0.5]`` scoring two completions as
+    ``a=[1, None]``, ``b=[1, 0]`` give ``total=[1.5, 0.0]``; had ``b`` been ``None`` for the second
+    too, its total would be NaN.
+
+    Args:
+        rewards: The rewards to run.
+        weights: One weight per reward; ``None`` weighs each by 1.0.
+        prompts: The prompt of each completion (repeated for each completion of a prompt).
+        completions: The generated texts.
+        columns: The dataset's other columns, each aligned with ``completions``.
+
+    Returns:
+        ``total``, (N,) float32: the weighted sum of the rewards that apply to each completion, NaN
+        where none does; and ``per_reward``: name -> (N,) float32, NaN where that reward returned
+        ``None``. Repeated names get a suffix (``_1``, ``_2``, ...).
+
+    Raises:
+        RewardError: A reward raised or returned a bad value.
+    """
+    check(len(rewards) > 0, "model.rewards is empty; give at least one reward.")
+    weights = [1.0] * len(rewards) if weights is None else [float(w) for w in weights]
+    check(
+        len(weights) == len(rewards),
+        f"model.reward_weights has {len(weights)} values for {len(rewards)} rewards in model.rewards;"
+        " give one weight per reward, or leave it unset to weigh each by 1.0.",
+    )
+    check(all(math.isfinite(w) for w in weights), f"model.reward_weights={weights} must all be finite numbers.")
+    n = len(completions)
+    for key, column in {"prompts": prompts, **columns}.items():
+        if len(column) != n:
+            raise ValueError(f"column '{key}' has {len(column)} values for {n} completions; they must align.")
+
+    per_reward: dict[str, torch.Tensor] = {}
+    for reward in rewards:
+        values = _run(reward, prompts, completions, columns)
+        per_reward[_unique(reward.name, per_reward)] = torch.tensor(
+            [math.nan if v is None else float(v) for v in values], dtype=torch.float32
+        )
+
+    scores = torch.stack(list(per_reward.values()))  # (R, N)
+    weighted = scores * torch.tensor(weights, dtype=torch.float32)[:, None]  # (R, N)
+    total = torch.nansum(weighted, dim=0)  # (N,) None counts as absent, not as 0
+    total[scores.isnan().all(dim=0)] = math.nan  # no reward applies: the caller leaves it out
+    return total, per_reward
+
+
+def none_fraction(per_reward: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The share of completions each reward returned ``None`` for (NaN in ``per_reward``)."""
+    return {name: values.isnan().float().mean().item() for name, values in per_reward.items()}
+
+
+def _run(reward: Reward, prompts: list[str], completions: list[str], columns: dict[str, list]) -> list:
+    """Call ``reward`` on the batch and check it returned one finite number or ``None`` per completion."""
+    n = len(completions)
+    try:
+        values = reward(prompts, completions, **columns)
+    except ConfigError:
+        raise  # a bad setting, reported as one line by the CLI
+    except Exception as error:
+        where = _first_failing_index(reward, prompts, completions, columns)
+        suffix = "" if where is None else f"; completion index {where}"
+        raise RewardError(
+            f"reward '{reward.name}' raised {type(error).__name__}: {error} (batch of {n} completions{suffix})"
+        ) from error
+    try:
+        values = list(values)
+    except TypeError:
+        raise RewardError(
+            f"reward '{reward.name}' returned {type(values).__name__}; expected a list of {n} values"
+        ) from None
+    if len(values) != n:
+        raise RewardError(f"reward '{reward.name}' returned {len(values)} values; expected {n}, one per completion")
+    for i, value in enumerate(values):
+        if value is not None and not (isinstance(value, numbers.Real) and math.isfinite(value)):
+            raise RewardError(
+                f"reward '{reward.name}' returned {value!r} at completion index {i};"
+                " expected a finite number or None"
+            )
+    return values
+
+
+def _first_failing_index(
+    reward: Reward, prompts: list[str], completions: list[str], columns: dict[str, list]
+) -> Optional[int]:
+    """Retry one completion at a time to name the first that makes ``reward`` raise, if any does alone."""
+    for i in range(len(completions)):
+        try:
+            reward([prompts[i]], [completions[i]], **{key: [column[i]] for key, column in columns.items()})
+        except Exception:
+            return i
+    return None
+
+
+def _unique(name: str, taken: dict[str, Any]) -> str:
+    """``name``, or ``name_1``, ``name_2``, ... if it is already taken, so metrics don't overwrite each other."""
+    unique, k = name, 0
+    while unique in taken:
+        k += 1
+        unique = f"{name}_{k}"
+    return unique
+
+
+def _answer_column(reward: Reward, column: str, columns: dict[str, list]) -> list:
+    check(
+        column in columns,
+        f"{type(reward).__name__} init_args.answer_column='{column}' is not a dataset column;"
+        f" set it to one of {sorted(columns)}.",
+    )
+    return columns[column]
+
+
+def _parse_gold(gold: str, timeout: Optional[int]) -> Optional[list]:
+    """The parsed gold answer, or ``None`` if it is empty or does not parse to a math expression."""
+    if not gold.strip():
+        return None
+    # Bare, a number parses but `2x` reads as `2`: boxing it makes math-verify read it whole as LaTeX.
+    delimited = any(mark in gold for mark in ("$", "\\(", "\\[", "\\boxed"))
+    text = gold if delimited else f"\\boxed{{{gold}}}"
+    try:
+        parsed = parse(text, parsing_timeout=timeout)
+    except Exception:
+        return None
+    # When LaTeX fails, math-verify keeps only the raw string: that is no answer to compare with.
+    return parsed if any(not isinstance(item, str) for item in parsed) else None
+
+
+def _verify(gold: list, completion: str, timeout: Optional[int]) -> float:
+    try:
+        return float(verify(gold, parse(completion, parsing_timeout=timeout), timeout_seconds=timeout))
+    except Exception:
+        return 0.0  # text that breaks math-verify is a wrong answer, not a crash
+
+
+def _compile(owner: str, pattern: str) -> re.Pattern:
+    try:
+        return re.compile(pattern, re.DOTALL)
+    except re.error as error:
+        raise ConfigError(
+            f"{owner} init_args.pattern={pattern!r} is not a valid regular expression ({error}); fix the pattern."
+        ) from None
+
+
+def _snake_case(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()

@@ -29,7 +29,8 @@ def group_advantages(
             applied to: it is left out of its group's statistics and gets advantage 0.
         group_size: G, samples per prompt (>= 2).
         scale: "group" divides by the group's std (GRPO); "none" keeps r − mean (Dr. GRPO,
-            arXiv 2503.20783); "batch" divides by the std of the whole batch's centred rewards.
+            arXiv 2503.20783); "batch" divides by the std of all the batch's rewards (group mean,
+            batch std: TRL's ``scale_rewards="batch"``).
         eps: added to the std so a near-constant group does not explode.
 
     Returns:
@@ -49,8 +50,7 @@ def group_advantages(
         var = centred.pow(2).sum(-1, keepdim=True) / (n - 1).clamp_min(1)
         adv = centred / (var.sqrt() + eps)
     elif scale == "batch":
-        m = valid.sum()
-        std = (centred.pow(2).sum() / (m - 1).clamp_min(1)).sqrt()
+        std = r[valid].std() if valid.sum() > 1 else r.new_zeros(())
         adv = centred / (std + eps)
     elif scale == "none":
         adv = centred

@@ -47,8 +47,20 @@ def main(argv: list[str] | None = None) -> None:
             return
         StareLitCLI(GRPOModule, L.LightningDataModule, subclass_mode_data=True, args=argv,
                     save_config_kwargs={"overwrite": True})
-    except (ConfigError, RewardError) as err:
-        sys.exit(f"stare-lit: error: {err}")
+    except Exception as err:  # noqa: BLE001 - only our own errors are turned into one line
+        cause = _user_error(err)
+        if cause is None:
+            raise
+        sys.exit(f"stare-lit: error: {cause}")
+
+
+def _user_error(err: BaseException | None) -> BaseException | None:
+    """The ConfigError / RewardError behind ``err`` (jsonargparse and Lightning wrap them), if any."""
+    while err is not None:
+        if isinstance(err, (ConfigError, RewardError)):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 if __name__ == "__main__":

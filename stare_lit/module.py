@@ -11,7 +11,8 @@ One training step (one batch of prompts from the DataModule)::
              then clip gradients, optimizer step, LR scheduler step
 
 Manual optimisation, because one batch of prompts yields μ optimizer steps: Lightning's
-``global_step`` (and so ``trainer.max_steps``) counts optimizer steps, i.e. rollout batches × μ.
+``global_step`` (and so ``trainer.max_steps``) counts optimizer steps, i.e. rollout batches × μ. A batch
+whose groups are all dropped (dynamic sampling) makes no optimizer step and does not count.
 
 With μ = 1 and one micro-batch, π_old is π_θ itself: the training forward pass doubles as the
 "old" pass (its detached log-probs are log π_old and ρ ≡ 1 in value), saving a forward.
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import lightning as L
@@ -176,7 +177,7 @@ class GRPOModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return  # idempotent: Lightning may call it again (e.g. under FSDP)
-        self.model = self.policy.build_model()
+        self.model = self.policy.build_model().train()  # from_pretrained hands it back in eval mode
         if self.loss_settings.beta > 0:
             ref = self.policy.build_model().eval().requires_grad_(False)
             self._ref_model[0] = ref
@@ -244,7 +245,7 @@ class GRPOModule(L.LightningModule):
         world = self.trainer.world_size if self._trainer is not None else 1
         n_tokens = all_reduce_sum(mask.sum().float()).item()  # world-level normalisers
         n_rows = all_reduce_sum(torch.tensor(float(mask.shape[0]), device=mask.device)).item()
-        first_weights, stats = None, {}
+        first_weights, logged = None, {}
         for step in range(self.updates_per_batch):
             weights_all, loss_total = [], 0.0
             for rows in self.micro_batches(mask.shape[0]):
@@ -256,7 +257,7 @@ class GRPOModule(L.LightningModule):
                 batch = TokenBatch(logprobs=logprobs, old_logprobs=tokens.old_logprobs[rows],
                                    advantages=tokens.advantages[rows], mask=mask[rows], entropy=entropy.detach())
                 weights = self.scheme.weights(batch)
-                loss, stats = policy_loss(
+                loss, loss_stats = policy_loss(
                     logprobs, batch.old_logprobs, batch.advantages, batch.mask, weights=weights,
                     clip_low=s.clip_low, clip_high=s.clip_high, dual_clip=s.dual_clip, agg=s.agg,
                     ref_logprobs=None if tokens.ref_logprobs is None else tokens.ref_logprobs[rows], beta=s.beta,
@@ -272,8 +273,8 @@ class GRPOModule(L.LightningModule):
                 scheduler.step()
             if step == 0:
                 first_weights = torch.cat(weights_all).detach()
-                stats = {**{k: v.item() for k, v in stats.items()}, "loss": loss_total, "grad_norm": grad_norm}
-        return tokens, first_weights, stats
+                logged = {**{k: v.item() for k, v in loss_stats.items()}, "loss": loss_total, "grad_norm": grad_norm}
+        return tokens, first_weights, logged
 
     def clip_and_step(self, optimizer) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -295,8 +296,9 @@ class GRPOModule(L.LightningModule):
         keep = ~unscored
         if self.dynamic_sampling:
             keep &= ~flat.repeat_interleave(G)
+        lengths = rollout.completion_mask.sum(-1)  # (N,) as generated, before anything is dropped
         # Unscorable completions, and dropped groups, leave the loss entirely.
-        rollout.completion_mask &= keep[:, None]
+        rollout = replace(rollout, completion_mask=rollout.completion_mask & keep[:, None])
         t2 = time.perf_counter()
         need_old_pass = self.updates_per_batch > 1 or len(self.micro_batches(len(rewards))) > 1 \
             or self._ref_model[0] is not None
@@ -310,24 +312,25 @@ class GRPOModule(L.LightningModule):
             tokens = tokens or self.old_pass(rollout, advantages)
             weights, stats = torch.ones_like(tokens.old_logprobs), {"skipped_update": 1.0}
         t3 = time.perf_counter()
-        self.log_step(rollout, rewards, per_reward, flat, unscored, tokens, stats, times=(t1 - t0, t2 - t1, t3 - t2))
+        self.log_step(rollout, lengths, rewards, per_reward, flat, unscored, tokens, stats,
+                      times=(t1 - t0, t2 - t1, t3 - t2))
         return {"loss": torch.tensor(stats.get("loss", 0.0)), "entropy": tokens.entropy,
                 "surprisal": -tokens.old_logprobs, "advantages": tokens.advantages, "weights": weights,
                 "mask": tokens.mask, "rewards": rewards.detach()}
 
-    def log_step(self, rollout, rewards, per_reward, flat, unscored, tokens: Tokens, stats, times) -> None:
+    def log_step(self, rollout, lengths, rewards, per_reward, flat, unscored, tokens: Tokens, stats, times) -> None:
         mask = rollout.completion_mask
         scored = rewards[~torch.isnan(rewards)]
         metrics = {
             "train/reward": scored.mean().item() if len(scored) else math.nan,
             "train/frac_zero_std": flat.float().mean().item(),
             "train/frac_unscored": unscored.float().mean().item(),
-            "train/completion_length": rollout.completion_mask.sum(-1).float().mean().item(),
+            "train/completion_length": lengths.float().mean().item(),
             "train/frac_truncated": rollout.truncated.float().mean().item(),
             "train/entropy": masked_mean(tokens.entropy, mask).item(),
             "train/surprisal": masked_mean(-tokens.old_logprobs, mask).item(),
             "time/generate_s": times[0], "time/score_s": times[1], "time/update_s": times[2],
-            "train/generated_tokens_per_s": rollout.completion_mask.sum().item() / max(times[0], 1e-9),
+            "train/generated_tokens_per_s": lengths.sum().item() / max(times[0], 1e-9),
         }
         metrics |= {f"train/{k}": v for k, v in stats.items()}
         for name, values in per_reward.items():

@@ -1,0 +1,114 @@
+"""The LightningModule end to end on a tiny model: steps, micro-batching, resume, validation."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pandas as pd
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from stare_lit.module import GRPOModule, LossSettings
+from stare_lit.rollout import Sampling
+from stare_lit.tasks.arithmetic import ArithmeticDataModule, ArithmeticReward
+from stare_lit.weighting import STARE
+
+
+def make_module(policy, **kwargs) -> GRPOModule:
+    defaults = dict(policy=policy, rewards=[ArithmeticReward()], group_size=4,
+                    sampling=Sampling(max_new_tokens=10), val_samples=2,
+                    optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3))
+    return GRPOModule(**(defaults | kwargs))
+
+
+def fit(module, tmp_path, steps=2, callbacks=(), **trainer_kwargs) -> tuple[L.Trainer, pd.DataFrame]:
+    L.seed_everything(0)
+    data = ArithmeticDataModule(batch_size=4, num_train_prompts=64, num_val_prompts=8, val_batch_size=8)
+    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=CSVLogger(tmp_path, name=""),
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        callbacks=list(callbacks), log_every_n_steps=1, default_root_dir=tmp_path,
+                        **({"enable_checkpointing": False} | trainer_kwargs))
+    trainer.fit(module, data)
+    return trainer, pd.read_csv(trainer.logger.log_dir + "/metrics.csv")
+
+
+def test_two_steps_with_stare_log_everything(tiny_policy, tmp_path):
+    scheme = STARE(target_entropy=100.0, top_ratio=0.5, w=1.5)  # gate always open
+    trainer, metrics = fit(make_module(tiny_policy, scheme=scheme), tmp_path, steps=2)
+    assert trainer.global_step == 2
+    steps = metrics.dropna(subset=["train/loss"])
+    assert len(steps) == 2
+    for column in ["train/reward", "train/entropy", "train/surprisal", "train/clip_frac", "train/grad_norm",
+                   "scheme/gate_on", "scheme/mean_weight", "reward/arithmetic_reward", "time/generate_s"]:
+        assert steps[column].notna().all(), column
+    assert (steps["scheme/gate_on"] == 1.0).all()
+    assert (steps["train/entropy"] > 0).all()
+    assert scheme.entropy == pytest.approx(steps["train/entropy"].iloc[-1], rel=1e-5)
+
+
+def test_micro_batches_and_old_pass_give_the_fused_loss(tiny_policy, tmp_path):
+    """μ=1 fused (one forward) vs an explicit old pass + 4 micro-batches: same rollout, same loss."""
+    fused = fit(make_module(tiny_policy), tmp_path / "a", steps=1)[1]
+    split = fit(make_module(tiny_policy, micro_batch_size=4), tmp_path / "b", steps=1)[1]
+    assert split["train/reward"].iloc[0] == fused["train/reward"].iloc[0]  # same samples
+    assert split["train/loss"].iloc[0] == pytest.approx(fused["train/loss"].iloc[0], abs=1e-6)
+    assert split["train/grad_norm"].iloc[0] == pytest.approx(fused["train/grad_norm"].iloc[0], rel=1e-4)
+
+
+def test_several_updates_per_batch_count_optimizer_steps(tiny_policy, tmp_path):
+    trainer, metrics = fit(make_module(tiny_policy, updates_per_batch=2), tmp_path, steps=4)
+    assert trainer.global_step == 4  # 2 rollout batches × μ=2
+    assert metrics["train/loss"].notna().sum() == 2
+
+
+def test_kl_to_reference_builds_a_frozen_reference(tiny_policy, tmp_path):
+    module = make_module(tiny_policy, loss=LossSettings(beta=0.1))
+    _, metrics = fit(module, tmp_path, steps=2)
+    ref = module._ref_model[0]
+    assert ref is not None and not any(p.requires_grad for p in ref.parameters())
+    kl = metrics["train/kl"].dropna()
+    assert len(kl) == 2 and (kl >= 0).all()
+    assert not any(k.startswith("_ref") for k in module.state_dict())  # not checkpointed
+
+
+def test_dynamic_sampling_drops_flat_groups_without_crashing(tiny_policy, tmp_path):
+    # A random tiny model never answers right: every group is flat, every update is skipped — and
+    # a skipped update is no optimizer step, so bound the run by batches, not steps.
+    trainer, metrics = fit(make_module(tiny_policy, dynamic_sampling=True), tmp_path, steps=-1, max_epochs=1,
+                           limit_train_batches=2)
+    assert trainer.global_step == 0
+    assert (metrics["train/frac_zero_std"].dropna() == 1.0).all()
+    assert (metrics["train/skipped_update"].dropna() == 1.0).all()
+
+
+def test_validation_logs_mean_and_pass_at_k(tiny_policy, tmp_path):
+    _, metrics = fit(make_module(tiny_policy), tmp_path, steps=2, val_check_interval=2, check_val_every_n_epoch=None)
+    mean_at_k, pass_at_k = metrics["val/mean@2"].dropna(), metrics["val/pass@2"].dropna()
+    assert len(mean_at_k) == 1 and 0.0 <= mean_at_k.iloc[0] <= pass_at_k.iloc[0] <= 1.0
+
+
+def test_resume_restores_stare_state(tiny_policy, tmp_path):
+    scheme = STARE(target_entropy=100.0, adaptive=True, alpha=0.05, w=1.1, m=0.9)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=1)
+    fit(make_module(tiny_policy, scheme=scheme), tmp_path, steps=3, callbacks=[ckpt], enable_checkpointing=True)
+    assert scheme.w == pytest.approx(1.1 + 3 * 0.05) and scheme.m == pytest.approx(0.9 - 3 * 0.05)
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert state["weighting_scheme"]["w"] == pytest.approx(scheme.w)
+
+    fresh = STARE(target_entropy=100.0, adaptive=True, alpha=0.05, w=1.1, m=0.9)
+    module = make_module(tiny_policy, scheme=fresh)
+    module.on_load_checkpoint(state)
+    assert (fresh.w, fresh.m, fresh.gate_on) == (scheme.w, scheme.m, scheme.gate_on)
+    assert math.isclose(fresh.entropy, scheme.entropy)
+    # And a real resume through the Trainer continues from step 3 with the restored W.
+    L.seed_everything(0)
+    data = ArithmeticDataModule(batch_size=4, num_train_prompts=64, num_val_prompts=8)
+    resumed = STARE(target_entropy=100.0, adaptive=True, alpha=0.05, w=1.1, m=0.9)
+    trainer = L.Trainer(accelerator="cpu", max_steps=4, logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(make_module(tiny_policy, scheme=resumed), data, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert trainer.global_step == 4
+    assert resumed.w == pytest.approx(1.1 + 4 * 0.05)

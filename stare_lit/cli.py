@@ -3,6 +3,7 @@
     stare-lit fit --config configs/arithmetic_stare.yaml     # train (LightningCLI: fit, validate, ...)
     stare-lit fit --config ... --print_config                # the full, resolved config
     stare-lit warmstart [--help]                             # the offline default's warm start
+    stare-lit compare [--help]                               # schemes × seeds → table and plots
 
 Bad settings end with one line naming the setting and the fix, not a traceback.
 """
@@ -16,6 +17,7 @@ import lightning as L
 from jsonargparse import CLI
 from lightning.pytorch.cli import LightningCLI
 
+from stare_lit.compare import compare
 from stare_lit.errors import ConfigError
 from stare_lit.module import GRPOModule
 from stare_lit.rewards import RewardError
@@ -44,6 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if argv[:1] == ["warmstart"]:
             CLI(warmstart, args=argv[1:])
+            return
+        if argv[:1] == ["compare"]:
+            CLI(compare, args=argv[1:])
             return
         StareLitCLI(GRPOModule, L.LightningDataModule, subclass_mode_data=True, args=argv,
                     save_config_kwargs={"overwrite": True})

@@ -2,7 +2,7 @@
 
     ℓ_t = −min(ρ_t Â_t, clip(ρ_t, 1−ε_low, 1+ε_high) Â_t),   ρ_t = exp(log π_θ − log π_old)
     (dual clip, Â_t < 0:  ℓ_t = min(ℓ_t, −c Â_t))
-    L   = agg_t( ω_t ℓ_t + β k3_t ),   k3_t = exp(log π_ref − log π_θ) − (log π_ref − log π_θ) − 1
+    L   = agg_t( ω_t ℓ_t + β k3_t + e_t ),   e_t: a scheme's extra per-token loss (optional)   k3_t = exp(log π_ref − log π_θ) − (log π_ref − log π_θ) − 1
 
 ω comes from a token-weighting scheme (stare_lit.weighting) and is detached; with ω ≡ 1 (or None)
 this is plain GRPO, bit for bit. The KL term is not reweighted (as in the STARE code).
@@ -51,6 +51,7 @@ def policy_loss(
     ref_logprobs: Tensor | None = None,
     beta: float = 0.0,
     norm: float | None = None,
+    extra: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped surrogate loss and its diagnostics.
 
@@ -66,6 +67,8 @@ def policy_loss(
         ref_logprobs: (B, T) log π_ref for the k3 KL term; needed when beta > 0.
         beta: KL coefficient.
         norm: constant of seq-mean-token-sum-norm (defaults to T).
+        extra: (B, T) differentiable per-token term added before aggregation (a scheme's extra
+            loss: KL-Cov's penalty, an entropy bonus), or None.
 
     Returns:
         (loss, stats): stats are detached scalars — clip fractions, KL, mean ratio.
@@ -91,6 +94,8 @@ def policy_loss(
         kl = torch.exp(d) - d - 1.0  # k3, ≥ 0
         per_token = per_token + beta * kl
         stats["kl"] = _masked_mean(kl.detach(), m)
+    if extra is not None:
+        per_token = per_token + extra
     loss = aggregate(per_token, mask, agg, norm)
     stats["ratio_mean"] = _masked_mean(ratio.detach(), m)
     stats["approx_kl_old"] = _masked_mean(-log_ratio.detach(), m)

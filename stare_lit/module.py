@@ -81,6 +81,7 @@ class Tokens:
     advantages: Tensor
     mask: Tensor  # bool
     ref_logprobs: Tensor | None = None
+    weights: Tensor | None = None  # ω of the first update
 
 
 class GRPOModule(L.LightningModule):
@@ -150,6 +151,9 @@ class GRPOModule(L.LightningModule):
         self.rewards = rewards
         self.reward_weights = reward_weights
         self.scheme = scheme if scheme is not None else GRPO()
+        check(not self.scheme.needs_whole_groups or micro_batch_size is None or micro_batch_size % group_size == 0,
+              f"model.micro_batch_size must be a multiple of model.group_size ({group_size}) for "
+              f"{type(self.scheme).__name__}, whose statistics are per group")
         self.group_size = group_size
         self.sampling = sampling or Sampling()
         self.loss_settings = loss or LossSettings()
@@ -178,7 +182,7 @@ class GRPOModule(L.LightningModule):
         if self.model is not None:
             return  # idempotent: Lightning may call it again (e.g. under FSDP)
         self.model = self.policy.build_model().train()  # from_pretrained hands it back in eval mode
-        if self.loss_settings.beta > 0:
+        if self.loss_settings.beta > 0 or self.scheme.needs_reference:
             ref = self.policy.build_model().eval().requires_grad_(False)
             self._ref_model[0] = ref
 
@@ -202,6 +206,7 @@ class GRPOModule(L.LightningModule):
         """Rewards (N,) for the rollout; the batch's columns are repeated G times to align."""
         repeat = lambda values: [v for v in values for _ in range(group_size)]  # noqa: E731
         columns = {k: repeat(v) for k, v in batch.items() if k != "prompt"}
+        columns["completion_length"] = rollout.completion_mask.sum(-1).tolist()  # in tokens, EOS included
         total, per_reward = score_completions(self.rewards, self.reward_weights, repeat(batch["prompt"]),
                                               rollout.completions, columns)
         return total.to(self.device), per_reward
@@ -235,46 +240,58 @@ class GRPOModule(L.LightningModule):
                       advantages=advantages[:, None].expand_as(mask).float(), mask=mask,
                       ref_logprobs=torch.cat(refs) if refs else None)
 
-    def update(self, rollout: Rollout, tokens: Tokens | None, advantages: Tensor) -> tuple[Tokens, Tensor, dict]:
-        """μ optimizer steps on one rollout batch. Returns (tokens, weights of the first update, stats)."""
-        optimizer = self.optimizers()
-        scheduler = self.lr_schedulers()
-        s = self.loss_settings
+    def update(self, rollout: Rollout, tokens: Tokens | None, advantages: Tensor) -> tuple[Tokens, dict]:
+        """μ optimizer steps on one rollout batch.
+
+        Returns the batch's tokens — with the advantages, mask and weights the first update's loss
+        used, so callbacks see what the scheme did — and the first update's stats.
+        """
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         mask = rollout.completion_mask
         fused_old_pass = tokens is None  # μ = 1 and one micro-batch: π_old = π_θ
         world = self.trainer.world_size if self._trainer is not None else 1
         n_tokens = all_reduce_sum(mask.sum().float()).item()  # world-level normalisers
         n_rows = all_reduce_sum(torch.tensor(float(mask.shape[0]), device=mask.device)).item()
-        first_weights, logged = None, {}
+        seen, logged = None, {}
         for step in range(self.updates_per_batch):
-            weights_all, loss_total = [], 0.0
+            used, loss_total = [], 0.0
             for rows in self.micro_batches(mask.shape[0]):
                 logprobs, entropy = self.token_logprobs(self.model, rollout, rows)
                 if fused_old_pass:
                     tokens = Tokens(old_logprobs=logprobs.detach(), entropy=entropy.detach(),
                                     advantages=advantages[:, None].expand_as(mask).float(), mask=mask)
                     self.scheme.update(masked_mean(tokens.entropy, mask).item())
-                batch = TokenBatch(logprobs=logprobs, old_logprobs=tokens.old_logprobs[rows],
-                                   advantages=tokens.advantages[rows], mask=mask[rows], entropy=entropy.detach())
-                weights = self.scheme.weights(batch)
-                loss, loss_stats = policy_loss(
-                    logprobs, batch.old_logprobs, batch.advantages, batch.mask, weights=weights,
-                    clip_low=s.clip_low, clip_high=s.clip_high, dual_clip=s.dual_clip, agg=s.agg,
-                    ref_logprobs=None if tokens.ref_logprobs is None else tokens.ref_logprobs[rows], beta=s.beta,
-                    norm=float(self.sampling.max_new_tokens))
+                loss, loss_stats, batch, weights = self.micro_loss(tokens, rows, logprobs, entropy)
                 # Each micro-batch's loss is a mean over its own tokens (or rows); rescale so the sum
                 # over micro-batches and the gradient average over ranks give the world-level mean.
-                share = batch.mask.sum().item() / n_tokens if s.agg == "token-mean" else batch.mask.shape[0] / n_rows
+                share = (mask[rows].sum().item() / n_tokens if self.loss_settings.agg == "token-mean"
+                         else batch.mask.shape[0] / n_rows)
                 self.manual_backward(loss * share * world)
                 loss_total += loss.detach().item() * share * world
-                weights_all.append(torch.ones_like(logprobs) if weights is None else weights)
+                used.append((batch.advantages.detach(), batch.mask, weights))
             grad_norm = self.clip_and_step(optimizer)
             if scheduler is not None:
                 scheduler.step()
             if step == 0:
-                first_weights = torch.cat(weights_all).detach()
+                seen = [torch.cat(parts) for parts in zip(*used)]
                 logged = {**{k: v.item() for k, v in loss_stats.items()}, "loss": loss_total, "grad_norm": grad_norm}
-        return tokens, first_weights, logged
+        return replace(tokens, advantages=seen[0], mask=seen[1], weights=seen[2]), logged
+
+    def micro_loss(self, tokens: Tokens, rows: slice, logprobs: Tensor, entropy: Tensor):
+        """The scheme's view of one micro-batch, then the clipped loss. Returns (loss, stats, batch, ω)."""
+        s = self.loss_settings
+        ref = None if tokens.ref_logprobs is None else tokens.ref_logprobs[rows]
+        batch = TokenBatch(logprobs=logprobs, old_logprobs=tokens.old_logprobs[rows],
+                           advantages=tokens.advantages[rows], mask=tokens.mask[rows], entropy=entropy,
+                           old_entropy=tokens.entropy[rows], ref_logprobs=ref, group_size=self.group_size)
+        batch = replace(batch, advantages=self.scheme.advantages(batch))
+        batch = replace(batch, mask=self.scheme.mask(batch))
+        weights = self.scheme.weights(batch)
+        loss, stats = policy_loss(
+            logprobs, batch.old_logprobs, batch.advantages, batch.mask, weights=weights, clip_low=s.clip_low,
+            clip_high=s.clip_high, dual_clip=s.dual_clip, agg=s.agg, ref_logprobs=ref, beta=s.beta,
+            norm=float(self.sampling.max_new_tokens), extra=self.scheme.extra_loss(batch))
+        return loss, stats, batch, torch.ones_like(logprobs).detach() if weights is None else weights
 
     def clip_and_step(self, optimizer) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -307,15 +324,15 @@ class GRPOModule(L.LightningModule):
             tokens = self.old_pass(rollout, advantages)
             self.scheme.update(masked_mean(tokens.entropy, rollout.completion_mask).item())
         if rollout.completion_mask.any():
-            tokens, weights, stats = self.update(rollout, tokens, advantages)
+            tokens, stats = self.update(rollout, tokens, advantages)
         else:  # every group dropped: nothing to learn from this batch
             tokens = tokens or self.old_pass(rollout, advantages)
-            weights, stats = torch.ones_like(tokens.old_logprobs), {"skipped_update": 1.0}
+            tokens, stats = replace(tokens, weights=torch.ones_like(tokens.old_logprobs)), {"skipped_update": 1.0}
         t3 = time.perf_counter()
         self.log_step(rollout, lengths, rewards, per_reward, flat, unscored, tokens, stats,
                       times=(t1 - t0, t2 - t1, t3 - t2))
         return {"loss": torch.tensor(stats.get("loss", 0.0)), "entropy": tokens.entropy,
-                "surprisal": -tokens.old_logprobs, "advantages": tokens.advantages, "weights": weights,
+                "surprisal": -tokens.old_logprobs, "advantages": tokens.advantages, "weights": tokens.weights,
                 "mask": tokens.mask, "rewards": rewards.detach()}
 
     def log_step(self, rollout, lengths, rewards, per_reward, flat, unscored, tokens: Tokens, stats, times) -> None:

@@ -348,3 +348,29 @@ def _compile(owner: str, pattern: str) -> re.Pattern:
 
 def _snake_case(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+class OverlongPenalty(Reward):
+    """DAPO's soft overlong punishment (arXiv 2503.14476): a length penalty added to the reward.
+
+    r = min(−(|y| − (max_length − cache_length)) / cache_length, 0): zero up to
+    max_length − cache_length tokens, then falling linearly to −1 at max_length. |y| is the
+    completion's length in tokens (the module passes it as the ``completion_length`` column).
+
+    Args:
+        max_length: L_max, usually model.sampling.max_new_tokens.
+        cache_length: L_c, the soft band before L_max.
+        name: name in logs.
+    """
+
+    def __init__(self, max_length: int, cache_length: int, name: Optional[str] = None) -> None:
+        super().__init__(name=name)
+        check(0 < cache_length <= max_length,
+              f"OverlongPenalty: need 0 < cache_length <= max_length, got {cache_length}, {max_length}")
+        self.max_length, self.cache_length = max_length, cache_length
+
+    def __call__(self, prompts: list[str], completions: list[str], **columns: list) -> list[Optional[float]]:
+        lengths = columns.get("completion_length")
+        check(lengths is not None, "OverlongPenalty needs the completion_length column (the GRPO module passes it)")
+        start = self.max_length - self.cache_length
+        return [min(-(n - start) / self.cache_length, 0.0) for n in lengths]

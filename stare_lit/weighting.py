@@ -1,47 +1,70 @@
-"""Token-weighting schemes: a per-token weight ω that multiplies the clipped surrogate.
+"""Token-weighting schemes: how each completion token's share of the policy gradient is set.
 
-A scheme is picked in YAML by class_path (``stare_lit.weighting.STARE``). The module calls
-``update(batch_entropy)`` once per training step, before any update, with the world-level
-token-mean entropy of π_old, then ``weights(tokens)`` for every loss computation. Anything that
-changes gradients — STARE's closed-loop gate and its adaptive W/M — lives here, and the module
-checkpoints it through ``state_dict()`` / ``load_state_dict()``.
+A scheme is picked in YAML by class_path (``stare_lit.weighting.STARE``). Per loss computation
+the module hands it a ``TokenBatch`` and asks, in this order:
+
+    advantages(tokens) -> (B, T)   per-token advantages (ERPO, entropy advantage reshape them)
+    mask(tokens)       -> (B, T)   which tokens enter the loss (80/20 keeps the high-entropy ones)
+    weights(tokens)    -> (B, T)   ω multiplying the clipped surrogate (STARE, STEER, Clip-Cov)
+    extra_loss(tokens) -> (B, T)   a differentiable per-token addend (KL-Cov, entropy bonus)
+
+and once per training step, before any update, ``update(batch_entropy)`` with the world-level
+token-mean entropy of π_old (STARE's gate). Anything that changes gradients lives here and is
+checkpointed through ``state_dict()`` / ``load_state_dict()``; callbacks only watch.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from stare_lit.distributed import gather_valid, is_distributed
 from stare_lit.errors import check
 
 
 @dataclass
 class TokenBatch:
-    """What a scheme may look at for one loss computation. All (B, T)."""
+    """What a scheme may look at for one loss computation. All (B, T); rows come in groups of G."""
 
-    logprobs: Tensor  # log π_θ of the sampled tokens (may carry grad: detach before use)
+    logprobs: Tensor  # log π_θ of the sampled tokens (carries grad: detach unless you mean it)
     old_logprobs: Tensor  # log π_old
     advantages: Tensor  # Â broadcast over each completion's tokens
     mask: Tensor  # bool, True on completion tokens
-    entropy: Tensor | None = None  # entropy of π_θ per position (detached), if computed
+    entropy: Tensor | None = None  # entropy of π_θ per position (carries grad)
+    old_entropy: Tensor | None = None  # entropy of π_old per position
+    ref_logprobs: Tensor | None = None  # log π_ref, when the module has a reference model
+    group_size: int = 1  # G: rows g*G .. g*G+G-1 are one prompt's completions
 
 
 class TokenWeighting:
-    """Base scheme: ω ≡ 1 (plain GRPO). Subclass and override ``weights``."""
+    """Base scheme: plain GRPO (ω ≡ 1, advantages and mask unchanged). Override what you change."""
+
+    needs_reference: bool = False  # ask the module for log π_ref even when the KL coefficient is 0
+    needs_whole_groups: bool = False  # statistics within a prompt's group: micro-batches must hold whole groups
 
     def update(self, batch_entropy: float) -> None:
         """Called once per training step with the token-mean entropy of π_old over the batch."""
+
+    def advantages(self, tokens: TokenBatch) -> Tensor:
+        return tokens.advantages
+
+    def mask(self, tokens: TokenBatch) -> Tensor:
+        return tokens.mask
 
     def weights(self, tokens: TokenBatch) -> Tensor | None:
         """(B, T) detached weights, or None for ω ≡ 1 (the loss then skips the multiply)."""
         return None
 
+    def extra_loss(self, tokens: TokenBatch) -> Tensor | None:
+        """(B, T) differentiable per-token loss added before aggregation, or None."""
+        return None
+
     def metrics(self) -> dict[str, float]:
-        """Scalars to log after the last ``weights`` call."""
+        """Scalars to log after the last loss computation."""
         return {}
 
     def state_dict(self) -> dict:
@@ -55,6 +78,19 @@ class GRPO(TokenWeighting):
     """Uniform credit: every completion token gets its sequence's advantage (ω ≡ 1)."""
 
 
+def kth_largest(values: Tensor, k_share: float, world: bool = True) -> tuple[Tensor | None, int]:
+    """The value of rank k = int(k_share·n + 0.999999) (clamped to [1, n]) among ``values`` of all ranks.
+
+    Returns (threshold, n): tokens with value >= threshold are the top k (more on ties).
+    """
+    pooled = gather_valid(values, torch.ones_like(values, dtype=torch.bool), world=world)
+    n = pooled.numel()
+    if n == 0 or k_share <= 0:
+        return None, n
+    k = min(max(1, int(n * k_share + 0.999999)), n)
+    return torch.topk(pooled, k).values[-1], n
+
+
 def stare_selection(
     logprobs: Tensor, advantages: Tensor, mask: Tensor, top_ratio: float, negative: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -62,7 +98,8 @@ def stare_selection(
 
     Returns (L+, L−, T+, T−) as (B, T) bool masks; L− is empty unless ``negative``.
     k = ceil(P·|T|) computed as int(P·|T| + 0.999999), clamped to [1, |T|], as in the official
-    code; ties are broken by torch.topk.
+    code; ties are broken by torch.topk. Under several processes the set is world-level: tokens at
+    or above the k-th largest surprisal of all ranks' candidates (ties may add a few).
     """
     valid = mask.bool()
     t_pos = valid & (advantages > 0)
@@ -71,6 +108,9 @@ def stare_selection(
 
     def top(candidates: Tensor) -> Tensor:
         chosen = torch.zeros_like(candidates)
+        if is_distributed():  # world-level: the k-th largest surprisal over every rank's candidates
+            threshold, _ = kth_largest(surprisal[candidates], top_ratio)
+            return candidates & (surprisal >= threshold) if threshold is not None else chosen
         n = int(candidates.sum())
         if n == 0 or top_ratio <= 0.0:
             return chosen
@@ -216,3 +256,140 @@ class STARE(TokenWeighting):
     def load_state_dict(self, state: dict) -> None:
         self.w, self.m = float(state["w"]), float(state["m"])
         self.gate_on, self.entropy = bool(state["gate_on"]), float(state["entropy"])
+
+
+def steer_omega(logprobs: Tensor, old_logprobs: Tensor, entropy: Tensor, advantages: Tensor) -> Tensor:
+    """STEER's predicted per-token entropy change Ω (arXiv 2510.10150), non-finite → 0.
+
+    Ω = (Â / π_old(o)) · x(1−x) · (log x + H),  x = π_θ(o) clamped to [1e-8, 1−1e-8],
+    π_old clamped to [1e-8, 1], H the entropy of π_old at that position. All (B, T), detached.
+    """
+    x = logprobs.detach().exp().clamp(1e-8, 1 - 1e-8)
+    old_p = old_logprobs.detach().exp().clamp(1e-8, 1.0)
+    omega = advantages / old_p * x * (1 - x) * (x.log() + entropy.detach())
+    return torch.where(torch.isfinite(omega), omega, torch.zeros_like(omega))
+
+
+def steer_token_weights(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    entropy: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    mapping: Literal["exp", "linear"] = "exp",
+    w_min: float = 0.8,
+    w_max: float = 1.0,
+) -> Tensor:
+    """STEER weights: damp the tokens predicted to move entropy most, either way.
+
+    exp:    k = −ln(w_min) / max(max|Ω|, 0.02),  ω = clamp(exp(−k|Ω|), w_min, 1)   (w_max unused)
+    linear: ω = w_max − (|Ω| − min|Ω|)(w_max − w_min)/(max|Ω| − min|Ω|), clamped to [w_min, w_max];
+            all-equal |Ω| → (w_min + w_max)/2.  The paper's linear range is [0.8, 1.2].
+    min/max run over the valid tokens of all ranks. Returns (B, T) float32 (1 off the mask).
+    """
+    valid = mask.bool()
+    size = steer_omega(logprobs, old_logprobs, entropy, advantages).abs().float()  # (B, T)
+    pooled = gather_valid(size, valid)
+    weights = torch.ones_like(size)
+    if pooled.numel() == 0:
+        return weights
+    lo, hi = pooled.min(), pooled.max()
+    if mapping == "exp":
+        k = -math.log(w_min) / torch.clamp(hi, min=0.02)
+        mapped = torch.exp(-k * size).clamp(w_min, 1.0)
+    elif mapping == "linear":
+        if hi > lo:
+            mapped = (w_max - (size - lo) * (w_max - w_min) / (hi - lo)).clamp(w_min, w_max)
+        else:
+            mapped = torch.full_like(size, (w_min + w_max) / 2)
+    else:
+        raise ValueError(f"mapping must be 'exp' or 'linear', got {mapping!r}")
+    return torch.where(valid, mapped, weights)
+
+
+class STEER(TokenWeighting):
+    """STEER: stabilise token-level entropy change by reweighting (arXiv 2510.10150).
+
+    Each token's first-order entropy change Ω is predicted from its probability, advantage and
+    the position's entropy; tokens with large |Ω| — in either direction — are damped. Follows the
+    official code (github.com/zz-haooo/STEER, compute_token_weights), with H from π_old as in the
+    paper's formula (equal to the current entropy in value when μ = 1).
+
+    Args:
+        mapping: "exp" (the paper's λ mapping) or "linear".
+        w_min: smallest weight (λ_min = 0.8 in the paper; the linear range's lower end).
+        w_max: largest weight of the linear mapping (1.2 in the paper); exp caps at 1.
+    """
+
+    def __init__(self, mapping: Literal["exp", "linear"] = "exp", w_min: float = 0.8, w_max: float = 1.0) -> None:
+        key = "model.scheme.init_args"
+        check(mapping in ("exp", "linear"), f"{key}.mapping must be 'exp' or 'linear', got {mapping!r}")
+        check(0 < w_min <= 1, f"{key}.w_min must be in (0, 1], got {w_min}")
+        check(w_max >= w_min, f"{key}.w_max must be >= w_min, got {w_max} < {w_min}")
+        self.mapping, self.w_min, self.w_max = mapping, w_min, w_max
+        self._stats: dict[str, float] = {}
+
+    def weights(self, tokens: TokenBatch) -> Tensor:
+        entropy = tokens.old_entropy if tokens.old_entropy is not None else tokens.entropy
+        check(entropy is not None, "STEER needs the entropy of π_old; the module did not provide it")
+        weights = steer_token_weights(tokens.logprobs, tokens.old_logprobs, entropy, tokens.advantages,
+                                      tokens.mask, self.mapping, self.w_min, self.w_max)
+        valid = weights[tokens.mask.bool()]
+        if valid.numel():
+            self._stats = {"mean_weight": valid.mean().item(), "min_weight": valid.min().item(),
+                           "damped_ratio": (valid < 1.0).float().mean().item()}
+        return weights
+
+    def metrics(self) -> dict[str, float]:
+        return dict(self._stats)
+
+
+class Compose(TokenWeighting):
+    """Several schemes at once: advantages and masks chained in order, weights multiplied, extra
+    losses summed, each scheme's state and metrics kept under its index.
+
+    Args:
+        schemes: the schemes, applied in order (e.g. EntropyAdvantage then STARE).
+    """
+
+    def __init__(self, schemes: list[TokenWeighting]) -> None:
+        check(len(schemes) >= 1, "model.scheme.init_args.schemes is empty; list at least one scheme")
+        self.schemes = schemes
+        self.needs_reference = any(s.needs_reference for s in schemes)
+        self.needs_whole_groups = any(s.needs_whole_groups for s in schemes)
+
+    def update(self, batch_entropy: float) -> None:
+        for s in self.schemes:
+            s.update(batch_entropy)
+
+    def advantages(self, tokens: TokenBatch) -> Tensor:
+        for s in self.schemes:
+            tokens = replace(tokens, advantages=s.advantages(tokens))
+        return tokens.advantages
+
+    def mask(self, tokens: TokenBatch) -> Tensor:
+        for s in self.schemes:
+            tokens = replace(tokens, mask=s.mask(tokens))
+        return tokens.mask
+
+    def weights(self, tokens: TokenBatch) -> Tensor | None:
+        out = None
+        for s in self.schemes:
+            w = s.weights(tokens)
+            out = w if out is None else (out if w is None else out * w)
+        return out
+
+    def extra_loss(self, tokens: TokenBatch) -> Tensor | None:
+        terms = [t for t in (s.extra_loss(tokens) for s in self.schemes) if t is not None]
+        return sum(terms[1:], terms[0]) if terms else None
+
+    def metrics(self) -> dict[str, float]:
+        return {f"{i}_{type(s).__name__}/{k}": v for i, s in enumerate(self.schemes) for k, v in s.metrics().items()}
+
+    def state_dict(self) -> dict:
+        return {str(i): s.state_dict() for i, s in enumerate(self.schemes)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for i, s in enumerate(self.schemes):
+            s.load_state_dict(state[str(i)])
+

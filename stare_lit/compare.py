@@ -1,0 +1,161 @@
+"""``stare-lit compare``: the same task and model under several schemes × seeds, one table.
+
+    stare-lit compare                                   # GRPO vs STARE vs STEER vs ERPO, 3 seeds, offline default
+    stare-lit compare --schemes '[configs/schemes/grpo.yaml, configs/schemes/stare_c2.yaml]' --seeds '[0]'
+
+Each run is ``stare-lit fit --config BASE --config SCHEME`` in its own process (a crash or a
+leak in one run cannot touch another) writing to OUT/<scheme>/seed<k>/; a finished run is not
+repeated, so an interrupted comparison picks up where it stopped. Then it writes
+OUT/summary.md, OUT/summary.csv, OUT/runs.csv and OUT/curves.png (entropy, reward and validation
+accuracy against step, one line per scheme, mean over seeds).
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+DEFAULT_SCHEMES = ["configs/schemes/grpo.yaml", "configs/schemes/stare.yaml", "configs/schemes/steer.yaml",
+                   "configs/schemes/erpo.yaml"]
+
+
+def run_one(base: str, scheme: str, seed: int, max_steps: int, out: Path, extra: list[str]) -> float:
+    """Train one scheme × seed unless already done; returns the wall time in seconds."""
+    done = out / "wall_time_s.txt"
+    if done.exists():
+        return float(done.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "stare_lit.cli", "fit", "--config", base, "--config", scheme,
+           "--seed_everything", str(seed), "--trainer.max_steps", str(max_steps),
+           "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
+           "--trainer.logger.init_args.version", "run", "--trainer.enable_progress_bar", "false", *extra]
+    start = time.perf_counter()
+    with open(out / "log.txt", "w") as log:
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        raise RuntimeError(f"compare: {scheme} seed {seed} failed (exit {code}); see {out / 'log.txt'}")
+    wall = time.perf_counter() - start
+    done.write_text(f"{wall:.1f}")
+    return wall
+
+
+def steps_until_halved(entropy: pd.Series, window: int = 10) -> float:
+    """First step whose rolling-mean entropy is at most half the first window's mean (NaN if never)."""
+    smooth = entropy.rolling(window, min_periods=1).mean()
+    start = entropy.iloc[:window].mean()
+    below = smooth[smooth <= start / 2]
+    return float(below.index[0]) if len(below) else math.nan
+
+
+def summarise_run(metrics_csv: Path) -> tuple[dict, pd.DataFrame]:
+    """One run's row of the table, and its per-step curves."""
+    df = pd.read_csv(metrics_csv)
+    train = df.dropna(subset=["train/entropy"]).set_index("step")
+    val_cols = [c for c in df.columns if c.startswith("val/mean@")]
+    pass_cols = [c for c in df.columns if c.startswith("val/pass@")]
+    val = df.dropna(subset=val_cols[:1]).set_index("step") if val_cols else pd.DataFrame()
+    n = len(train)
+    third = max(1, n // 10)
+    entropy = train["train/entropy"]
+    row = {
+        "entropy_start": entropy.iloc[:third].mean(),
+        "entropy_middle": entropy.iloc[n // 2 - third // 2: n // 2 + third // 2 + 1].mean(),
+        "entropy_end": entropy.iloc[-third:].mean(),
+        "steps_to_half_entropy": steps_until_halved(entropy.reset_index(drop=True)),
+        "reward_start": train["train/reward"].iloc[:third].mean(),
+        "reward_end": train["train/reward"].iloc[-third:].mean(),
+        "completion_length": train["train/completion_length"].mean(),
+    }
+    if val_cols:
+        row |= {"mean@k_final": val[val_cols[0]].iloc[-1], "mean@k_best": val[val_cols[0]].max(),
+                "pass@k_final": val[pass_cols[0]].iloc[-1], "pass@k_best": val[pass_cols[0]].max()}
+    curves = pd.DataFrame({"entropy": entropy, "reward": train["train/reward"]})
+    if val_cols:
+        curves = curves.join(val[[val_cols[0]]].rename(columns={val_cols[0]: "val_mean@k"}), how="outer")
+    return row, curves
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A pipe table (pandas' own to_markdown needs the optional tabulate package)."""
+    header = [table.index.name or ""] + list(table.columns)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join([str(i)] + [str(v) for v in row]) + " |" for i, row in table.iterrows()]
+    return "\n".join(lines)
+
+
+def plot(curves: dict[str, pd.DataFrame], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for name, c in curves.items():
+        for ax, col, smooth in zip(axes, ["entropy", "reward", "val_mean@k"], [10, 10, 1]):
+            if col in c:
+                s = c[col].dropna()
+                ax.plot(s.index, s.rolling(smooth, min_periods=1).mean(), label=name)
+    for ax, title in zip(axes, ["token entropy (10-step mean)", "train reward (10-step mean)",
+                                "validation mean@k"]):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def compare(
+    schemes: list[str] = DEFAULT_SCHEMES,
+    seeds: list[int] = [0, 1, 2],  # noqa: B006 - jsonargparse shows it as the default
+    base: str = "configs/arithmetic_grpo.yaml",
+    max_steps: int = 200,
+    out_dir: str = "runs/compare",
+    extra_args: list[str] = [],  # noqa: B006
+) -> Path:
+    """Train each scheme with each seed on the same task and model; write a table and plots.
+
+    Args:
+        schemes: YAML overlays that set the scheme (and anything else), applied on top of ``base``.
+        seeds: seeds of the RL runs (the warm-started policy is the same for all).
+        base: the base config (task, model, optimizer, logging).
+        max_steps: optimizer steps per run.
+        out_dir: where runs, the table (summary.md / .csv) and curves.png go.
+        extra_args: more ``stare-lit fit`` arguments for every run.
+
+    Returns:
+        The output directory.
+    """
+    out = Path(out_dir)
+    rows, curves = [], {}
+    for scheme in schemes:
+        name = Path(scheme).stem
+        per_seed = []
+        for seed in seeds:
+            run_dir = out / name / f"seed{seed}"
+            wall = run_one(base, scheme, seed, max_steps, run_dir, extra_args)
+            row, c = summarise_run(run_dir / "run" / "metrics.csv")
+            rows.append({"scheme": name, "seed": seed, **row, "wall_time_s": wall})
+            per_seed.append(c)
+            print(f"{name} seed {seed}: done in {wall:.0f}s", flush=True)
+        curves[name] = pd.concat(per_seed).groupby(level=0).mean()
+    runs = pd.DataFrame(rows)
+    runs.to_csv(out / "runs.csv", index=False)
+    numeric = runs.drop(columns=["seed"]).groupby("scheme", sort=False)
+    mean, std = numeric.mean(), numeric.std()
+    mean.to_csv(out / "summary.csv")
+    table = mean.map(lambda v: f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}")
+    for col in ["mean@k_final", "mean@k_best", "pass@k_final", "entropy_end"]:
+        if col in mean:
+            table[col] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(mean[col], std[col].fillna(0))]
+    (out / "summary.md").write_text(
+        f"{len(seeds)} seeds × {max_steps} steps, base {base}; mean over seeds (± std)\n\n" + markdown(table) + "\n")
+    plot(curves, out / "curves.png")
+    print((out / "summary.md").read_text())
+    return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from stare_lit.distributed import masked_mean
+from stare_lit.distributed import is_distributed, masked_mean
 from stare_lit.errors import check
 from stare_lit.weighting import TokenBatch, TokenWeighting, kth_largest
 
@@ -114,10 +114,22 @@ class KLCov(TokenWeighting):
         self._chosen: Tensor | None = None
 
     def selected(self, tokens: TokenBatch) -> Tensor:
+        """The penalised tokens: exactly k = int(ratio·N + 0.999999) (clamped to [1, N]) by Cov, ties broken
+        by torch.topk, as the paper's code. Under several processes: tokens at or above the k-th largest
+        Cov of all ranks (ties may add some)."""
         valid = tokens.mask.bool()
         cov = token_covariance(tokens.logprobs, tokens.advantages, valid)
-        threshold, _ = kth_largest(cov[valid], self.ratio)
-        return valid & (cov >= threshold) if threshold is not None else torch.zeros_like(valid)
+        if is_distributed():
+            threshold, _ = kth_largest(cov[valid], self.ratio)
+            return valid & (cov >= threshold) if threshold is not None else torch.zeros_like(valid)
+        chosen = torch.zeros_like(valid)
+        n = int(valid.sum())
+        if n == 0:
+            return chosen
+        k = min(max(1, int(n * self.ratio + 0.999999)), n)
+        idx = valid.reshape(-1).nonzero().squeeze(-1)  # (N,) flat positions of the valid tokens
+        chosen.view(-1)[idx[torch.topk(cov.reshape(-1)[idx], k).indices]] = True
+        return chosen
 
     def weights(self, tokens: TokenBatch) -> Tensor:
         self._chosen = chosen = self.selected(tokens)  # extra_loss, called next on the same tokens, reuses it

@@ -41,7 +41,7 @@ def erpo_entropy_gate(entropy: Tensor, mask: Tensor, group_size: int, gamma: flo
 def relative_buckets(mask: Tensor, num_buckets: int) -> Tensor:
     """Bucket k = ⌊K·t/|o|⌋ ∈ [0, K) of each token by its relative position in its completion. (B, T) long."""
     t = torch.arange(mask.shape[-1], device=mask.device).expand_as(mask)
-    length = mask.sum(-1, keepdim=True).clamp_min(1)
+    length = mask.long().sum(-1, keepdim=True).clamp_min(1)
     return (t * num_buckets // length).clamp(max=num_buckets - 1)
 
 

@@ -179,12 +179,29 @@ class GRPOModule(L.LightningModule):
 
     # ---------------------------------------------------------------- model
     def configure_model(self) -> None:
+        """Build the policy (and the frozen reference); under ModelParallelStrategy, shard them.
+
+        With a device mesh (Lightning's ModelParallelStrategy) both models are FSDP2-sharded over
+        its "data_parallel" dimension (``Policy.shard``: each decoder layer, then the root). Every
+        rank builds the full model in host memory first, then ``fully_shard`` keeps its dim-0 shard
+        of every parameter and moves it to the rank's device. Tensor parallelism is not supported:
+        the loss's world-level normalisers count every rank as holding different data.
+        """
         if self.model is not None:
             return  # idempotent: Lightning may call it again (e.g. under FSDP)
-        self.model = self.policy.build_model().train()  # from_pretrained hands it back in eval mode
+        model = self.policy.build_model().train()  # from_pretrained hands it back in eval mode
+        ref = None
         if self.loss_settings.beta > 0 or self.scheme.needs_reference:
             ref = self.policy.build_model().eval().requires_grad_(False)
-            self._ref_model[0] = ref
+        if self.device_mesh is not None:
+            check(self.device_mesh["tensor_parallel"].size() == 1,
+                  "trainer.strategy: ModelParallelStrategy needs tensor_parallel_size: 1 and data_parallel_size: "
+                  "the number of processes (stare-lit shards with FSDP only)")
+            for m in (model, ref):
+                if m is not None:
+                    self.policy.shard(m, self.device_mesh["data_parallel"])
+        self.model = model
+        self._ref_model[0] = ref
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.model.parameters())
@@ -255,6 +272,8 @@ class GRPOModule(L.LightningModule):
         seen, logged = None, {}
         for step in range(self.updates_per_batch):
             used, loss_total = [], 0.0
+            if not fused_old_pass:
+                self.scheme.prepare(self.token_batch(tokens, slice(None), tokens.old_logprobs, tokens.entropy))
             for rows in self.micro_batches(mask.shape[0]):
                 logprobs, entropy = self.token_logprobs(self.model, rollout, rows)
                 if fused_old_pass:
@@ -277,13 +296,18 @@ class GRPOModule(L.LightningModule):
                 logged = {**{k: v.item() for k, v in loss_stats.items()}, "loss": loss_total, "grad_norm": grad_norm}
         return replace(tokens, advantages=seen[0], mask=seen[1], weights=seen[2]), logged
 
+    def token_batch(self, tokens: Tokens, rows: slice, logprobs: Tensor, entropy: Tensor) -> TokenBatch:
+        """The scheme's view of rows ``rows`` of the step batch, with π_θ's log-probs and entropy."""
+        return TokenBatch(logprobs=logprobs, old_logprobs=tokens.old_logprobs[rows],
+                          advantages=tokens.advantages[rows], mask=tokens.mask[rows], entropy=entropy,
+                          old_entropy=tokens.entropy[rows], group_size=self.group_size, rows=rows,
+                          ref_logprobs=None if tokens.ref_logprobs is None else tokens.ref_logprobs[rows])
+
     def micro_loss(self, tokens: Tokens, rows: slice, logprobs: Tensor, entropy: Tensor):
         """The scheme's view of one micro-batch, then the clipped loss. Returns (loss, stats, batch, ω)."""
         s = self.loss_settings
-        ref = None if tokens.ref_logprobs is None else tokens.ref_logprobs[rows]
-        batch = TokenBatch(logprobs=logprobs, old_logprobs=tokens.old_logprobs[rows],
-                           advantages=tokens.advantages[rows], mask=tokens.mask[rows], entropy=entropy,
-                           old_entropy=tokens.entropy[rows], ref_logprobs=ref, group_size=self.group_size)
+        batch = self.token_batch(tokens, rows, logprobs, entropy)
+        ref = batch.ref_logprobs
         batch = replace(batch, advantages=self.scheme.advantages(batch))
         batch = replace(batch, mask=self.scheme.mask(batch))
         weights = self.scheme.weights(batch)

@@ -38,6 +38,7 @@ class TokenBatch:
     old_entropy: Tensor | None = None  # entropy of π_old per position
     ref_logprobs: Tensor | None = None  # log π_ref, when the module has a reference model
     group_size: int = 1  # G: rows g*G .. g*G+G-1 are one prompt's completions
+    rows: slice | None = None  # where these rows sit in the step batch (None: they are all of it)
 
 
 class TokenWeighting:
@@ -48,6 +49,11 @@ class TokenWeighting:
 
     def update(self, batch_entropy: float) -> None:
         """Called once per training step with the token-mean entropy of π_old over the batch."""
+
+    def prepare(self, step_tokens: TokenBatch) -> None:
+        """Called before each update's micro-batches with the whole step batch under π_old
+        (logprobs = old log-probs); for statistics over the step rather than the micro-batch.
+        Not called when the step is one micro-batch and μ = 1 (the two scopes coincide)."""
 
     def advantages(self, tokens: TokenBatch) -> Tensor:
         return tokens.advantages
@@ -164,8 +170,14 @@ class STARE(TokenWeighting):
     Each step the gate opens when the batch-mean entropy of π_old falls below ``target_entropy``;
     while open, the top ``top_ratio`` highest-surprisal tokens with positive advantage get weight
     ``w`` (their update raises entropy) and, in variant C2, the top ones with negative advantage
-    get ``m`` (their update lowers entropy). Selection is per loss computation (micro-batch), as
-    in the official code (github.com/hp-luo/STARE, compute_stare_token_weights).
+    get ``m`` (their update lowers entropy). Following the official code
+    (github.com/hp-luo/STARE, compute_stare_token_weights).
+
+    Scope of the top-P selection (``scope``): "micro_batch" (official) ranks the tokens of each loss
+    computation by their surprisal under π_θ; "step" ranks all tokens of the step batch (every
+    micro-batch) once per update by their surprisal under π_old and keeps that set for its
+    micro-batches. With one micro-batch and μ = 1 the two are the same. Either way, under several
+    processes the ranking is over all ranks.
 
     Args:
         target_entropy: H_tgt; the gate is on while the batch entropy is below it.
@@ -178,6 +190,7 @@ class STARE(TokenWeighting):
         alpha: step of the adaptive schedule.
         w_max: upper bound of W under the adaptive schedule (lower bound 1).
         m_min: lower bound of M under the adaptive schedule (upper bound 1).
+        scope: "micro_batch" or "step" (see above).
     """
 
     def __init__(
@@ -191,8 +204,10 @@ class STARE(TokenWeighting):
         alpha: float = 0.01,
         w_max: float = 1.5,
         m_min: float = 0.5,
+        scope: Literal["micro_batch", "step"] = "micro_batch",
     ) -> None:
         key = "model.scheme.init_args"
+        check(scope in ("micro_batch", "step"), f"{key}.scope must be 'micro_batch' or 'step', got {scope!r}")
         check(0.0 <= top_ratio <= 1.0, f"{key}.top_ratio must be in [0, 1] (a share of tokens), got {top_ratio}")
         check(w > 0, f"{key}.w must be > 0 (W multiplies the loss of L+ tokens; the paper uses 1.1), got {w}")
         check(m > 0, f"{key}.m must be > 0 (M multiplies the loss of L- tokens; the paper uses 0.9), got {m}")
@@ -207,6 +222,8 @@ class STARE(TokenWeighting):
         self.alpha = alpha
         self.w_max = w_max
         self.m_min = m_min
+        self.scope = scope
+        self._step_selection: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
         # Mutable state (checkpointed): the live weights, the gate, the entropy it last saw.
         self.w = w
         self.m = m
@@ -224,9 +241,19 @@ class STARE(TokenWeighting):
             self.w = min(max(self.w + self.alpha * sign, 1.0), self.w_max)
             self.m = min(max(self.m - self.alpha * sign, self.m_min), 1.0)
 
+    def prepare(self, step_tokens: TokenBatch) -> None:
+        self._step_selection = None
+        if self.scope == "step":
+            self._step_selection = stare_selection(step_tokens.logprobs, step_tokens.advantages, step_tokens.mask,
+                                                   self.top_ratio, negative=self.variant == "C2")
+
     def weights(self, tokens: TokenBatch) -> Tensor:
-        l_pos, l_neg, t_pos, t_neg = stare_selection(
-            tokens.logprobs, tokens.advantages, tokens.mask, self.top_ratio, negative=self.variant == "C2")
+        if self._step_selection is not None:
+            rows = tokens.rows if tokens.rows is not None else slice(None)
+            l_pos, l_neg, t_pos, t_neg = (sel[rows] & tokens.mask.bool() for sel in self._step_selection)
+        else:
+            l_pos, l_neg, t_pos, t_neg = stare_selection(
+                tokens.logprobs, tokens.advantages, tokens.mask, self.top_ratio, negative=self.variant == "C2")
         weights = torch.ones_like(tokens.advantages, dtype=torch.float32)
         if self.gate_on:
             weights[l_pos] = self.w
@@ -361,6 +388,10 @@ class Compose(TokenWeighting):
     def update(self, batch_entropy: float) -> None:
         for s in self.schemes:
             s.update(batch_entropy)
+
+    def prepare(self, step_tokens: TokenBatch) -> None:
+        for s in self.schemes:
+            s.prepare(step_tokens)
 
     def advantages(self, tokens: TokenBatch) -> Tensor:
         for s in self.schemes:

@@ -112,3 +112,10 @@ def test_resume_restores_stare_state(tiny_policy, tmp_path):
     trainer.fit(make_module(tiny_policy, scheme=resumed), data, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     assert trainer.global_step == 4
     assert resumed.w == pytest.approx(1.1 + 4 * 0.05)
+
+
+def test_stare_step_scope_with_micro_batches(tiny_policy, tmp_path):
+    scheme = STARE(target_entropy=100.0, top_ratio=0.5, scope="step")
+    trainer, metrics = fit(make_module(tiny_policy, scheme=scheme, micro_batch_size=4), tmp_path, steps=2)
+    assert trainer.global_step == 2
+    assert (metrics["scheme/gate_on"].dropna() == 1.0).all()

@@ -223,3 +223,23 @@ def test_state_dict_round_trip():
 def test_bad_settings_raise_config_error_naming_the_setting(kwargs, setting):
     with pytest.raises(ConfigError, match=setting):
         STARE(**kwargs)
+
+
+def test_stare_step_scope_selects_over_the_whole_step_batch():
+    """scope="step": the top-P set is ranked once over all micro-batches and sliced per micro-batch.
+
+    Step batch: 2 rows × 3 tokens, all Â > 0, surprisal (−old logprobs) [[1, 2, 3], [4, 5, 6]].
+    P = 0.34 → k = int(0.34·6 + 0.999999) = 3: tokens with surprisal 4, 5, 6 (all in row 1).
+    Micro-batch scope on row 0 alone would instead pick its own top token (surprisal 3).
+    """
+    old = -torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    adv = torch.ones(2, 3)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    step = STARE(top_ratio=0.34, w=2.0, scope="step")
+    step.prepare(TokenBatch(logprobs=old, old_logprobs=old, advantages=adv, mask=mask))
+    row0 = TokenBatch(logprobs=old[:1], old_logprobs=old[:1], advantages=adv[:1], mask=mask[:1], rows=slice(0, 1))
+    row1 = TokenBatch(logprobs=old[1:], old_logprobs=old[1:], advantages=adv[1:], mask=mask[1:], rows=slice(1, 2))
+    assert step.weights(row0).tolist() == [[1.0, 1.0, 1.0]]
+    assert step.weights(row1).tolist() == [[2.0, 2.0, 2.0]]
+    micro = STARE(top_ratio=0.34, w=2.0)  # k = int(0.34·3 + 0.999999) = 2 within row 0
+    assert micro.weights(row0).tolist() == [[1.0, 2.0, 2.0]]

@@ -29,9 +29,10 @@ class StareLitCLI(LightningCLI):
 
     def after_fit(self) -> None:
         trainer = self.trainer
+        log_dir = trainer.log_dir  # a collective under multi-process strategies: every rank must ask
         if not trainer.is_global_zero:
             return
-        lines = [f"results in {trainer.log_dir}"]
+        lines = [f"results in {log_dir}"]
         for logger in trainer.loggers:
             metrics = Path(logger.log_dir or "") / "metrics.csv"
             if metrics.exists():

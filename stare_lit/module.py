@@ -293,7 +293,8 @@ class GRPOModule(L.LightningModule):
                 scheduler.step()
             if step == 0:
                 seen = [torch.cat(parts) for parts in zip(*used)]
-                logged = {**{k: v.item() for k, v in loss_stats.items()}, "loss": loss_total, "grad_norm": grad_norm}
+                logged = {**{k: v.item() for k, v in loss_stats.items()}, "grad_norm": grad_norm,
+                          "loss": all_reduce_sum(torch.tensor(loss_total)).item() / world}  # the world's loss
         return replace(tokens, advantages=seen[0], mask=seen[1], weights=seen[2]), logged
 
     def token_batch(self, tokens: Tokens, rows: slice, logprobs: Tensor, entropy: Tensor) -> TokenBatch:
@@ -361,9 +362,10 @@ class GRPOModule(L.LightningModule):
 
     def log_step(self, rollout, lengths, rewards, per_reward, flat, unscored, tokens: Tokens, stats, times) -> None:
         mask = rollout.completion_mask
-        scored = rewards[~torch.isnan(rewards)]
+        scored = ~torch.isnan(rewards)
+        reward_sum = all_reduce_sum(torch.stack([rewards[scored].sum(), scored.sum().float()]))  # world-level
         metrics = {
-            "train/reward": scored.mean().item() if len(scored) else math.nan,
+            "train/reward": (reward_sum[0] / reward_sum[1]).item() if reward_sum[1] > 0 else math.nan,
             "train/frac_zero_std": flat.float().mean().item(),
             "train/frac_unscored": unscored.float().mean().item(),
             "train/completion_length": lengths.float().mean().item(),
@@ -384,6 +386,8 @@ class GRPOModule(L.LightningModule):
                       batch_size=len(rewards), sync_dist=False)
         self.log("reward", metrics["train/reward"], prog_bar=True, logger=False, batch_size=len(rewards))
         self.log("entropy", metrics["train/entropy"], prog_bar=True, logger=False, batch_size=len(rewards))
+        if hasattr(self.scheme, "gate_on"):  # a closed-loop scheme (STARE): show whether its gate is open
+            self.log("gate", float(self.scheme.gate_on), prog_bar=True, logger=False, batch_size=len(rewards))
 
     # ---------------------------------------------------------------- validation
     def validation_step(self, batch: dict[str, list], batch_idx: int) -> None:

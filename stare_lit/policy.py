@@ -12,6 +12,9 @@ or, for tests and from-scratch runs, a config with random weights::
       policy:
         config: {class_path: transformers.Qwen2Config, init_args: {hidden_size: 64, ...}}
         tokenizer: path/to/tokenizer
+
+Under Lightning's ``ModelParallelStrategy`` the module calls :meth:`Policy.shard` on the built model
+(FSDP2: each decoder layer, then the root, over the data-parallel mesh).
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ class Policy:
         revision: model revision (branch, tag or commit) on the hub.
         gradient_checkpointing: recompute activations in backward to save memory.
         attn_implementation: e.g. "sdpa", "flash_attention_2"; None lets transformers choose.
+        fsdp_mixed_precision: only when sharded (ModelParallelStrategy): all-gather and compute in
+            bfloat16 while the sharded parameters, the optimizer state and the gradient reduction stay
+            in ``dtype`` (keep dtype float32 for fp32 master weights). Off: everything in ``dtype``.
     """
 
     name_or_path: str | None = None
@@ -51,6 +57,7 @@ class Policy:
     revision: str | None = None
     gradient_checkpointing: bool = False
     attn_implementation: str | None = None
+    fsdp_mixed_precision: bool = False
 
     def __post_init__(self) -> None:
         check((self.name_or_path is None) != (self.config is None),
@@ -84,6 +91,34 @@ class Policy:
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         return model
+
+    def shard(self, model: PreTrainedModel, mesh) -> PreTrainedModel:
+        """FSDP2 in place: ``fully_shard`` every decoder layer, then the root, over ``mesh`` (1-D).
+
+        One all-gather per layer in forward and backward, so only a layer or two (plus the root's
+        embeddings, final norm and head) are ever unsharded at once; parameters become DTensors
+        sharded on dim 0. The rollout gathers everything instead (``stare_lit.rollout.full_parameters``).
+        """
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+              if self.fsdp_mixed_precision else MixedPrecisionPolicy())
+        for layer in decoder_layers(model):
+            fully_shard(layer, mesh=mesh, mp_policy=mp)
+        fully_shard(model, mesh=mesh, mp_policy=mp)
+        return model
+
+
+def decoder_layers(model: PreTrainedModel) -> list[torch.nn.Module]:
+    """The model's repeated blocks, innermost first: classes named in ``_no_split_modules``, else
+    ``model.model.layers``."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    layers = [m for m in reversed(list(model.modules())) if type(m).__name__ in names and m is not model]
+    if not layers and hasattr(getattr(model, "model", None), "layers"):
+        layers = list(model.model.layers)
+    check(len(layers) > 0, f"model.policy: cannot find the decoder layers of {type(model).__name__} to shard "
+                           "(no _no_split_modules, no model.layers)")
+    return layers
 
 
 def _looks_local(value: str) -> bool:

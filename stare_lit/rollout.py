@@ -2,10 +2,21 @@
 
 Rows come out prompt-major — rows g*G .. g*G+G−1 are the samples of prompt g — which is the layout
 ``group_advantages`` expects. Generation runs under no_grad in eval mode with the KV cache.
+
+Under FSDP2 (``Policy.shard``) generation runs on full parameters: :func:`full_parameters` turns
+off reshard-after-forward for the rollout, so each layer is all-gathered once (at the first decoded
+token) and stays gathered until the rollout ends, then every layer is resharded. Otherwise FSDP
+would all-gather every layer again at every decoded token — max_new_tokens all-gathers of the whole
+model per rollout instead of one. The cost is memory: during the rollout every rank holds the whole
+model's parameters unsharded (params × 2 bytes in bf16 with ``fsdp_mixed_precision``, × 4 in fp32)
+next to its shard of parameters and optimizer state and the KV cache — a model whose full weights do
+not fit on one device cannot be rolled out this way (that needs tensor parallelism or an inference
+engine). The gathered values are bit-identical to the unsharded model's.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -89,6 +100,27 @@ def format_prompts(tokenizer, prompts: list[str], chat_template: bool, system_pr
     return out
 
 
+@contextmanager
+def full_parameters(model):
+    """Keep an FSDP2-sharded ``model``'s parameters gathered inside the block; a no-op otherwise.
+
+    Yields whether ``model`` is sharded. On exit every FSDP module is resharded and gets back FSDP2's
+    default reshard-after-forward (True for inner modules, False for the root, whose parameters
+    backward needs right away).
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for module in sharded:
+        module.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield bool(sharded)
+    finally:
+        for module in sharded:
+            module.set_reshard_after_forward(module is not model, recurse=False)
+            module.reshard()  # not recursive
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], group_size: int, sampling: Sampling, greedy: bool = False) -> Rollout:
     """Sample ``group_size`` completions for every prompt (already formatted text)."""
@@ -108,7 +140,10 @@ def generate(model, tokenizer, prompts: list[str], group_size: int, sampling: Sa
     if sampling.stop:
         gen_kwargs.update(stop_strings=sampling.stop, tokenizer=tokenizer)
     try:
-        out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], **gen_kwargs)
+        with full_parameters(model) as sharded:
+            if sharded:  # gathered: no collective after the first token, so ranks may stop at different lengths
+                gen_kwargs["synced_gpus"] = False
+            out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], **gen_kwargs)
     finally:
         model.train(was_training)
     P = enc["input_ids"].shape[1]

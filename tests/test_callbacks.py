@@ -1,4 +1,7 @@
-"""Tests for callbacks/entropy.py: hand-computed metrics, the alert's firing rule, checkpoint/stop, resume state.
+"""Tests for callbacks/entropy.py: hand-computed metrics, the alert's collapse rule, checkpoint/stop, resume state.
+
+The attribution, the forecast and the report have their own files (test_callbacks_attribution.py,
+test_callbacks_forecast.py, test_callbacks_report.py).
 
 Most tests drive the callbacks through a real single-process CPU ``lightning.Trainer`` with a CSVLogger and
 a one-Linear manual-optimisation module whose training_step returns scripted per-token statistics.
@@ -50,6 +53,12 @@ def hand_outputs() -> dict[str, torch.Tensor]:
 # q50 = 1.5, q90 = 2.0 + 0.6 * 1.0 = 2.6; surprisal mean 9.5 / 5 = 1.9.
 # quadrants: A>0 & s>H: tokens 2, 3 -> 0.4; A>0 & s<=H: token 1 -> 0.2; A<0 & s>H: none -> 0.0;
 # A<0 & s<=H: token 5 (tie s == H counts as low) -> 0.2; A == 0: token 4 -> 0.2.
+# predicted dH = A * w * exp(-s) * (s - H), w = 1: token 1 -0.5 e^-0.5, token 2 e^-3, token 3 1.5 e^-2, tokens 4, 5 zero
+# (A = 0; s == H); per quadrant divided by the 5 valid tokens; shares over |moved| = e^-3 + 1.5 e^-2 + 0.5 e^-0.5.
+# Relative positions (j + 0.5) / n: row 0 -> 0.25, 0.75 (buckets 1, 3); row 1 -> 1/6, 1/2, 5/6 (buckets 0, 2, 3):
+# bucket entropies 0.5, 1.0, 1.5, (2.0 + 3.0) / 2. Forking (H > 0.672): 1.0, 2.0, 1.5, 3.0 -> 0.8.
+_UP = math.exp(-3) + 1.5 * math.exp(-2)
+_DOWN = -0.5 * math.exp(-0.5)
 HAND_EXPECTED = {
     "entropy_monitor/entropy_mean": 1.6,
     "entropy_monitor/entropy_q10": 0.7,
@@ -61,6 +70,21 @@ HAND_EXPECTED = {
     "entropy_monitor/quadrant_neg_adv_high_surprisal": 0.0,
     "entropy_monitor/quadrant_neg_adv_low_surprisal": 0.2,
     "entropy_monitor/zero_adv_share": 0.2,
+    "entropy_monitor/entropy_change_pred_pos_adv_high_surprisal": _UP / 5,
+    "entropy_monitor/entropy_change_pred_pos_adv_low_surprisal": _DOWN / 5,
+    "entropy_monitor/entropy_change_pred_neg_adv_high_surprisal": 0.0,
+    "entropy_monitor/entropy_change_pred_neg_adv_low_surprisal": 0.0,
+    "entropy_monitor/entropy_change_share_pos_adv_high_surprisal": _UP / (_UP - _DOWN),
+    "entropy_monitor/entropy_change_share_pos_adv_low_surprisal": _DOWN / (_UP - _DOWN),
+    "entropy_monitor/entropy_change_share_neg_adv_high_surprisal": 0.0,
+    "entropy_monitor/entropy_change_share_neg_adv_low_surprisal": 0.0,
+    "entropy_monitor/entropy_change_pred": (_UP + _DOWN) / 5,
+    "entropy_monitor/entropy_change_pred_reweight": 0.0,
+    "entropy_monitor/entropy_position_1of4": 0.5,
+    "entropy_monitor/entropy_position_2of4": 1.0,
+    "entropy_monitor/entropy_position_3of4": 1.5,
+    "entropy_monitor/entropy_position_4of4": 2.5,
+    "entropy_monitor/forking_token_share": 0.8,
 }
 
 
@@ -173,6 +197,8 @@ def test_monitor_hand_computed_values_direct_hook(padded_advantage):
     assert all(kw["on_step"] and not kw["sync_dist"] for kw in module.kwargs)
     shares = [v for k, v in module.logged.items() if "quadrant" in k or "zero_adv" in k]
     assert sum(shares) == pytest.approx(1.0)
+    moved = [v for k, v in module.logged.items() if "entropy_change_share_" in k]
+    assert sum(abs(v) for v in moved) == pytest.approx(1.0)
 
 
 def test_monitor_logs_through_real_trainer_and_csv_logger(tmp_path):
@@ -185,6 +211,8 @@ def test_monitor_logs_through_real_trainer_and_csv_logger(tmp_path):
     for q in ("mean", "q10", "q50", "q90"):
         assert rows[1][f"entropy_monitor/entropy_{q}"] == pytest.approx(0.25)
     assert rows[1]["entropy_monitor/surprisal_mean"] == pytest.approx(1.9)
+    assert "entropy_monitor/entropy_change_realised" not in rows[0]  # nothing to compare with yet
+    assert rows[1]["entropy_monitor/entropy_change_realised"] == pytest.approx(0.25 - 1.6)
 
 
 def test_monitor_log_every_n_steps_and_prefix(tmp_path):
@@ -274,7 +302,7 @@ def test_alert_fires_once_at_the_right_step_and_saves_checkpoint(tmp_path):
 
 
 def test_alert_stops_trainer_without_checkpoint(tmp_path):
-    alert = EntropyCollapseAlert(max_relative_drop=0.5, baseline_steps=5, patience=3, save_checkpoint=False, stop=True)
+    alert = EntropyCollapseAlert(max_relative_drop=0.5, baseline_steps=5, patience=3, collapse_actions=["warn", "stop"])
     with pytest.warns(UserWarning, match="Stopping training"):
         trainer, module = fit(tmp_path, [scripted_outputs(h) for h in DECAY], [alert])
     assert module.calls == FIRE_STEP and trainer.global_step == FIRE_STEP
@@ -294,7 +322,7 @@ def test_alert_quiet_on_stable_noisy_trace(tmp_path):
 
 
 def test_alert_patience_resets_and_smoothing_delays(tmp_path):
-    alert = EntropyCollapseAlert(max_relative_drop=0.5, baseline_steps=2, patience=2, save_checkpoint=False)
+    alert = EntropyCollapseAlert(max_relative_drop=0.5, baseline_steps=2, patience=2, collapse_actions=["warn"])
     module = RecordingModule()
     # early level 1.0 -> threshold 0.5; dips of one batch never reach patience 2 until steps 6, 7
     trace = [1.0, 1.0, 0.4, 0.9, 0.4, 0.4, 0.4]
@@ -315,7 +343,7 @@ def test_alert_patience_resets_and_smoothing_delays(tmp_path):
 
 
 def test_alert_min_entropy_only_and_empty_or_nan_batches_are_skipped(tmp_path):
-    alert = EntropyCollapseAlert(min_entropy=0.3, max_relative_drop=None, patience=2, save_checkpoint=False)
+    alert = EntropyCollapseAlert(min_entropy=0.3, max_relative_drop=None, patience=2, collapse_actions=["warn"])
     module = RecordingModule()
     empty = scripted_outputs(0.1)
     empty["mask"] = torch.zeros(2, 3, dtype=torch.bool)
@@ -330,7 +358,8 @@ def test_alert_min_entropy_only_and_empty_or_nan_batches_are_skipped(tmp_path):
 
 def test_alert_checkpoint_dirpath_direct_hook(tmp_path):
     target = tmp_path / "alerts"
-    alert = EntropyCollapseAlert(max_relative_drop=0.5, baseline_steps=1, patience=1, dirpath=str(target), stop=True)
+    alert = EntropyCollapseAlert(max_relative_drop=0.5, baseline_steps=1, patience=1, dirpath=str(target),
+                                 collapse_actions=["warn", "checkpoint", "stop"])
     trainer = fake_trainer(global_step=7, tmp_path=tmp_path / "logs")
     module = RecordingModule()
     alert.on_train_batch_end(trainer, module, scripted_outputs(1.0), None, 0)
@@ -338,7 +367,8 @@ def test_alert_checkpoint_dirpath_direct_hook(tmp_path):
         alert.on_train_batch_end(trainer, module, scripted_outputs(0.1), None, 0)
     assert trainer.saved == [str(target / "entropy-collapse-step7.ckpt")] and trainer.should_stop
     assert module.logged == {"entropy_alert/entropy_smoothed": pytest.approx(0.1),
-                             "entropy_alert/threshold": 0.5, "entropy_alert/fired": 1.0}
+                             "entropy_alert/threshold": 0.5, "entropy_alert/fired": 1.0,
+                             "entropy_alert/forecast_fired": 0.0}  # 2 batches: no forecast window yet
 
 
 def test_alert_state_dict_round_trip_resumes_exactly():
@@ -347,7 +377,8 @@ def test_alert_state_dict_round_trip_resumes_exactly():
     for h in [1.0, 1.2, 0.8, 0.4, 0.4]:  # baseline 1.0; smoothed 0.6 (ok), then 0.4 (collapsed 1)
         first.update(h)
     state = first.state_dict()
-    assert state == {"baseline": [1.0, 1.2, 0.8], "window": [0.4, 0.4], "collapsed_steps": 1, "fired_step": None}
+    assert {k: state[k] for k in ("baseline", "window", "collapsed_steps", "fired_step")} == {
+        "baseline": [1.0, 1.2, 0.8], "window": [0.4, 0.4], "collapsed_steps": 1, "fired_step": None}
 
     resumed = EntropyCollapseAlert(**settings)
     resumed.load_state_dict(state)

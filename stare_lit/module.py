@@ -257,6 +257,14 @@ class GRPOModule(L.LightningModule):
                       advantages=advantages[:, None].expand_as(mask).float(), mask=mask,
                       ref_logprobs=torch.cat(refs) if refs else None)
 
+    @torch.no_grad()
+    def reference_pass(self, rollout: Rollout) -> Tensor | None:
+        """log π_ref of every completion token (N, T), or None without a reference model."""
+        if self._ref_model[0] is None:
+            return None
+        return torch.cat([self.token_logprobs(self._ref_model[0], rollout, rows)[0]
+                          for rows in self.micro_batches(rollout.input_ids.shape[0])])
+
     def update(self, rollout: Rollout, tokens: Tokens | None, advantages: Tensor) -> tuple[Tokens, dict]:
         """μ optimizer steps on one rollout batch.
 
@@ -270,6 +278,7 @@ class GRPOModule(L.LightningModule):
         n_tokens = all_reduce_sum(mask.sum().float()).item()  # world-level normalisers
         n_rows = all_reduce_sum(torch.tensor(float(mask.shape[0]), device=mask.device)).item()
         seen, logged = None, {}
+        ref_logprobs = self.reference_pass(rollout) if fused_old_pass else None
         for step in range(self.updates_per_batch):
             used, loss_total = [], 0.0
             if not fused_old_pass:
@@ -278,7 +287,8 @@ class GRPOModule(L.LightningModule):
                 logprobs, entropy = self.token_logprobs(self.model, rollout, rows)
                 if fused_old_pass:
                     tokens = Tokens(old_logprobs=logprobs.detach(), entropy=entropy.detach(),
-                                    advantages=advantages[:, None].expand_as(mask).float(), mask=mask)
+                                    advantages=advantages[:, None].expand_as(mask).float(), mask=mask,
+                                    ref_logprobs=ref_logprobs)
                     self.scheme.update(masked_mean(tokens.entropy, mask).item())
                 loss, loss_stats, batch, weights = self.micro_loss(tokens, rows, logprobs, entropy)
                 # Each micro-batch's loss is a mean over its own tokens (or rows); rescale so the sum
@@ -342,8 +352,9 @@ class GRPOModule(L.LightningModule):
         # Unscorable completions, and dropped groups, leave the loss entirely.
         rollout = replace(rollout, completion_mask=rollout.completion_mask & keep[:, None])
         t2 = time.perf_counter()
-        need_old_pass = self.updates_per_batch > 1 or len(self.micro_batches(len(rewards))) > 1 \
-            or self._ref_model[0] is not None
+        # μ = 1 and one micro-batch: the update's forward doubles as the old pass (a reference model
+        # only adds its own forward, in update()).
+        need_old_pass = self.updates_per_batch > 1 or len(self.micro_batches(len(rewards))) > 1
         tokens = None
         if need_old_pass:
             tokens = self.old_pass(rollout, advantages)

@@ -112,3 +112,20 @@ def test_bf16_logits_give_fp32_outputs():
     lp, ent = token_logprobs_and_entropy(x, torch.tensor([[0, 1, 2]]), chunk_size=2)
     (lp.sum() + ent.sum()).backward()
     assert x.grad.dtype == torch.bfloat16 and torch.isfinite(x.grad.float()).all()
+
+
+def test_non_contiguous_logits_view_gives_the_same_values_and_gradients():
+    # The module passes out.logits[:, :-1], a non-contiguous view; blocks index it without a flat copy.
+    g = torch.Generator().manual_seed(2)
+    full = torch.randn(3, 7, 9, generator=g) * 2  # (B, T+1, V)
+    ids = torch.randint(0, 9, (3, 6), generator=g)
+    c = torch.linspace(-1.0, 1.0, 18).view(3, 6)
+    grads = []
+    for contiguous in (True, False):
+        x = full.clone().requires_grad_(True)
+        view = x[:, :-1].contiguous() if contiguous else x[:, :-1]
+        lp, ent = token_logprobs_and_entropy(view, ids, temperature=0.8, chunk_size=4)  # blocks split B and T
+        (c * lp + c.flip(0) * ent).sum().backward()
+        grads.append((lp.detach(), ent.detach(), x.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)

@@ -74,6 +74,20 @@ def test_kl_to_reference_builds_a_frozen_reference(tiny_policy, tmp_path):
     assert not any(k.startswith("_ref") for k in module.state_dict())  # not checkpointed
 
 
+def test_reference_model_adds_one_forward_not_an_old_pass(tiny_policy, tmp_path):
+    """μ = 1, one micro-batch, β > 0: per step one policy forward (with grad) and one reference forward."""
+    module = make_module(tiny_policy, loss=LossSettings(beta=0.1))
+    calls, inner = [], module.token_logprobs
+
+    def counted(model, *args):
+        calls.append((model is module.model, torch.is_grad_enabled()))  # (policy?, with grad?)
+        return inner(model, *args)
+
+    module.token_logprobs = counted
+    fit(module, tmp_path, steps=2)
+    assert calls == [(False, False), (True, True)] * 2  # per step: the reference (no grad), then the update
+
+
 def test_dynamic_sampling_drops_flat_groups_without_crashing(tiny_policy, tmp_path):
     # A random tiny model never answers right: every group is flat, every update is skipped — and
     # a skipped update is no optimizer step, so bound the run by batches, not steps.

@@ -110,6 +110,8 @@ class GRPOModule(L.LightningModule):
         val_samples: k for validation accuracy mean@k and pass@k.
         val_temperature: sampling temperature in validation (0 = greedy, needs val_samples 1).
         accuracy_reward: index of the reward that defines "correct" (value >= 1) in validation.
+        peak_flops: the device's peak FLOP/s (e.g. 989e12 for an H100 in bf16); when set, the
+            update's model FLOPs utilisation (6·params·trained tokens / update time) is logged.
     """
 
     def __init__(
@@ -135,6 +137,7 @@ class GRPOModule(L.LightningModule):
         val_samples: int = 4,
         val_temperature: float = 1.0,
         accuracy_reward: int = 0,
+        peak_flops: float | None = None,
     ) -> None:
         super().__init__()
         check(group_size >= 2, f"model.group_size must be >= 2 (GRPO compares samples of a prompt), got {group_size}")
@@ -171,6 +174,7 @@ class GRPOModule(L.LightningModule):
         self.val_samples = val_samples
         self.val_temperature = val_temperature
         self.accuracy_reward = accuracy_reward
+        self.peak_flops = peak_flops
         self.tokenizer = policy.load_tokenizer()  # early: a bad path fails before anything is written
         self.model = None
         self._ref_model = [None]  # in a list: frozen, not a submodule, not in checkpoints
@@ -371,6 +375,10 @@ class GRPOModule(L.LightningModule):
                 "surprisal": -tokens.old_logprobs, "advantages": tokens.advantages, "weights": tokens.weights,
                 "mask": tokens.mask, "rewards": rewards.detach()}
 
+    def trained_tokens(self, rollout: Rollout) -> int:
+        """Tokens the update forwards and backwards (prompt and completion, no padding) × μ."""
+        return int(rollout.attention_mask.sum().item()) * self.updates_per_batch
+
     def log_step(self, rollout, lengths, rewards, per_reward, flat, unscored, tokens: Tokens, stats, times) -> None:
         mask = rollout.completion_mask
         scored = ~torch.isnan(rewards)
@@ -385,7 +393,11 @@ class GRPOModule(L.LightningModule):
             "train/surprisal": masked_mean(-tokens.old_logprobs, mask).item(),
             "time/generate_s": times[0], "time/score_s": times[1], "time/update_s": times[2],
             "train/generated_tokens_per_s": lengths.sum().item() / max(times[0], 1e-9),
+            "train/trained_tokens_per_s": self.trained_tokens(rollout) / max(times[2], 1e-9),
         }
+        if self.peak_flops:  # 6·N·D: forward + backward of every trained token, per optimizer step
+            n_params = sum(p.numel() for p in self.model.parameters())
+            metrics["train/mfu"] = 6 * n_params * self.trained_tokens(rollout) / max(times[2], 1e-9) / self.peak_flops
         metrics |= {f"train/{k}": v for k, v in stats.items()}
         for name, values in per_reward.items():
             ok = values[~torch.isnan(values)]

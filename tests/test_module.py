@@ -42,6 +42,7 @@ def test_two_steps_with_stare_log_everything(tiny_policy, tmp_path):
     steps = metrics.dropna(subset=["train/loss"])
     assert len(steps) == 2
     for column in ["train/reward", "train/entropy", "train/surprisal", "train/clip_frac", "train/grad_norm",
+                   "train/trained_tokens_per_s", "train/generated_tokens_per_s",
                    "scheme/gate_on", "scheme/mean_weight", "reward/arithmetic_reward", "time/generate_s"]:
         assert steps[column].notna().all(), column
     assert (steps["scheme/gate_on"] == 1.0).all()
@@ -133,3 +134,9 @@ def test_stare_step_scope_with_micro_batches(tiny_policy, tmp_path):
     trainer, metrics = fit(make_module(tiny_policy, scheme=scheme, micro_batch_size=4), tmp_path, steps=2)
     assert trainer.global_step == 2
     assert (metrics["scheme/gate_on"].dropna() == 1.0).all()
+
+
+def test_mfu_is_logged_when_peak_flops_is_given(tiny_policy, tmp_path):
+    _, metrics = fit(make_module(tiny_policy, peak_flops=1e12), tmp_path, steps=1)
+    mfu = metrics["train/mfu"].dropna()
+    assert len(mfu) == 1 and 0 < mfu.iloc[0] < 1

@@ -248,18 +248,12 @@ class GRPOModule(L.LightningModule):
     @torch.no_grad()
     def old_pass(self, rollout: Rollout, advantages: Tensor) -> Tokens:
         """log π_old, entropy of π_old and (β > 0) log π_ref for every completion, without grad."""
-        n = rollout.input_ids.shape[0]
-        logps, ents, refs = [], [], []
-        for rows in self.micro_batches(n):
-            lp, ent = self.token_logprobs(self.model, rollout, rows)
-            logps.append(lp)
-            ents.append(ent)
-            if self._ref_model[0] is not None:
-                refs.append(self.token_logprobs(self._ref_model[0], rollout, rows)[0])
+        logps, ents = zip(*(self.token_logprobs(self.model, rollout, rows)
+                            for rows in self.micro_batches(rollout.input_ids.shape[0])))
         mask = rollout.completion_mask
         return Tokens(old_logprobs=torch.cat(logps), entropy=torch.cat(ents),
                       advantages=advantages[:, None].expand_as(mask).float(), mask=mask,
-                      ref_logprobs=torch.cat(refs) if refs else None)
+                      ref_logprobs=self.reference_pass(rollout))
 
     @torch.no_grad()
     def reference_pass(self, rollout: Rollout) -> Tensor | None:

@@ -205,8 +205,8 @@ def main() -> None:
                              group_size=a.group_size, sampling=Sampling(max_new_tokens=a.max_new_tokens))
         sampler.configure_model()
         cached = {"rollout": sampler.rollout([r["prompt"] for r in rows], a.group_size)}
-        rewards, _ = sampler.score({"prompt": [r["prompt"] for r in rows], "answer": [r["answer"] for r in rows]},
-                                   cached["rollout"], a.group_size)
+        rewards = sampler.score({"prompt": [r["prompt"] for r in rows], "answer": [r["answer"] for r in rows]},
+                                   cached["rollout"], a.group_size).total
         tokens = int(cached["rollout"].completion_mask.sum())
         print(f"batch: {len(rewards)} completions, {tokens} tokens, reward mean {rewards.mean():.2f}, "
               f"std {rewards.std():.2f}", flush=True)

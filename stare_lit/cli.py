@@ -14,18 +14,33 @@ import sys
 from pathlib import Path
 
 import lightning as L
-from jsonargparse import CLI
+from jsonargparse import CLI, ArgumentError
 from lightning.pytorch.cli import LightningCLI
 
+from stare_lit.checkpoint import check_checkpoint_file
 from stare_lit.compare import compare
-from stare_lit.errors import ConfigError
+from stare_lit.errors import StareLitError
 from stare_lit.module import GRPOModule
-from stare_lit.rewards import RewardError
 from stare_lit.warmstart import warmstart
 
 
 class StareLitCLI(LightningCLI):
-    """LightningCLI over GRPOModule and any LightningDataModule (chosen by class_path)."""
+    """LightningCLI over GRPOModule and any LightningDataModule (chosen by class_path).
+
+    Checkpoints are written atomically by default (``stare_lit.checkpoint.AtomicCheckpointIO`` in
+    ``trainer.plugins``): an interrupted save never leaves a truncated ``last.ckpt``.
+    """
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.set_defaults({"trainer.plugins": [{"class_path": "stare_lit.checkpoint.AtomicCheckpointIO"}]})
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        # LightningCLI reads --ckpt_path right after parsing; a bad file gets one line here, not a traceback.
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
+            check_checkpoint_file(ckpt_path)
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -43,6 +58,7 @@ class StareLitCLI(LightningCLI):
 
 
 def main(argv: list[str] | None = None) -> None:
+    from_shell = argv is None  # LightningCLI warns when given args that merely repeat sys.argv
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv[:1] == ["warmstart"]:
@@ -51,8 +67,11 @@ def main(argv: list[str] | None = None) -> None:
         if argv[:1] == ["compare"]:
             CLI(compare, args=argv[1:])
             return
-        StareLitCLI(GRPOModule, L.LightningDataModule, subclass_mode_data=True, args=argv,
-                    save_config_kwargs={"overwrite": True})
+        StareLitCLI(GRPOModule, L.LightningDataModule, subclass_mode_data=True, args=None if from_shell else argv,
+                    save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False})
+    except ArgumentError as err:  # a bad key, type or file in the settings, found while parsing them
+        command = " ".join(["stare-lit", *argv[:1]])
+        sys.exit(f"stare-lit: error: {' '.join(str(err).split())} (every setting: {command} --help)")
     except Exception as err:  # noqa: BLE001 - only our own errors are turned into one line
         cause = _user_error(err)
         if cause is None:
@@ -61,9 +80,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _user_error(err: BaseException | None) -> BaseException | None:
-    """The ConfigError / RewardError behind ``err`` (jsonargparse and Lightning wrap them), if any."""
+    """The StareLitError (bad setting, bad input, reward failure, NaN stop) behind ``err``, if any:
+    jsonargparse and Lightning wrap the errors raised in constructors and hooks."""
     while err is not None:
-        if isinstance(err, (ConfigError, RewardError)):
+        if isinstance(err, StareLitError):
             return err
         err = err.__cause__ or err.__context__
     return None

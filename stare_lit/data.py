@@ -31,9 +31,11 @@ Design choices:
   dataset formats only what it trains on.
 - A bad setting fails in ``__init__`` or ``setup`` with one ``ConfigError`` naming the YAML key;
   a missing gold or a regex that does not match is an error, never a silent placeholder answer.
-- Training batches are full (``drop_last=True``): a GRPO step wants ``batch_size`` prompts.
-  Under several devices Lightning swaps in a ``DistributedSampler`` that splits the prompts across
-  ranks; a prompt's group of completions is formed inside the module, so it stays on one rank.
+- Training batches are full (incomplete ones are dropped): a GRPO step wants ``batch_size`` prompts.
+  The training loader is a :class:`~stare_lit.loader.PromptLoader`: its order depends only on
+  ``seed`` and the epoch, each rank takes its own share of every epoch, and it resumes mid-epoch
+  from a checkpoint. A prompt's group of completions is formed inside the module, so it stays on
+  one rank.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from stare_lit.errors import ConfigError, check
+from stare_lit.loader import PromptLoader
 
 #: How the settings are spelled in YAML (``data: {class_path: ..., init_args: {...}}``).
 SETTING = "data.init_args"
@@ -237,7 +240,6 @@ class PromptDataModule(L.LightningDataModule):
         max_train_prompts: Train on at most this many prompts (a seeded random subset); null for
             all.
         seed: Seeds the hold-out split, the training subset and the shuffling order.
-        num_workers: DataLoader worker processes (0 loads in the main process).
     """
 
     def __init__(
@@ -256,7 +258,6 @@ class PromptDataModule(L.LightningDataModule):
         max_val_prompts: int | None = 256,
         max_train_prompts: int | None = None,
         seed: int = 0,
-        num_workers: int = 0,
     ) -> None:
         super().__init__()
         check(isinstance(path, str) and path.strip() != "", f"{_key('path')}: give a dataset name or a file path")
@@ -283,7 +284,6 @@ class PromptDataModule(L.LightningDataModule):
         for key, value in [("max_val_prompts", max_val_prompts), ("max_train_prompts", max_train_prompts)]:
             check(value is None or (_is_int(value) and value >= 1),
                   f"{_key(key)}: must be an integer >= 1 or null (no cap), got {value!r}")
-        check(_is_int(num_workers) and num_workers >= 0, f"{_key('num_workers')}: must be an integer >= 0")
         check(_is_int(seed), f"{_key('seed')}: must be an integer, got {seed!r}")
 
         self.path = path
@@ -299,7 +299,6 @@ class PromptDataModule(L.LightningDataModule):
         self.max_val_prompts = max_val_prompts
         self.max_train_prompts = max_train_prompts
         self.seed = seed
-        self.num_workers = num_workers
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.save_hyperparameters()
@@ -461,30 +460,28 @@ class PromptDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------------------ dataloaders
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> PromptLoader:
+        """Shuffled per epoch (``seed + epoch``), split across ranks, resumable mid-epoch."""
         check(self.train_dataset is not None, "PromptDataModule.setup() must run before train_dataloader()")
-        return DataLoader(
-            self.train_dataset,
-            batch_size=self.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(self.seed),
-            drop_last=True,
-            collate_fn=collate_prompts,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return train_loader(self, self.train_dataset, self.batch_size, self.seed)
 
     def val_dataloader(self) -> DataLoader:
         check(self.val_dataset is not None, "PromptDataModule.setup() must run before val_dataloader()")
-        return DataLoader(
-            self.val_dataset,
-            batch_size=self.val_batch_size,
-            shuffle=False,
-            drop_last=False,
-            collate_fn=collate_prompts,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return val_loader(self.val_dataset, self.val_batch_size)
+
+
+def train_loader(datamodule: L.LightningDataModule, rows, batch_size: int, seed: int) -> PromptLoader:
+    """The resumable training loader over ``rows``, with this process's share of every epoch."""
+    trainer = datamodule.trainer
+    rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+    return PromptLoader(rows, batch_size, collate_prompts, seed=seed, rank=rank, world_size=world)
+
+
+def val_loader(rows, batch_size: int) -> DataLoader:
+    """In order, all rows (Lightning splits it across ranks). Its own generator: creating its iterator
+    must not draw from the global RNG, or validation would shift every later training step's RNG."""
+    return DataLoader(rows, batch_size=batch_size, shuffle=False, drop_last=False, collate_fn=collate_prompts,
+                      generator=torch.Generator().manual_seed(0))
 
 
 def _is_int(value: Any) -> bool:

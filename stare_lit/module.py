@@ -24,24 +24,27 @@ mask) and the rewards; callbacks read them in ``on_train_batch_end``.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, replace
-from typing import Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import MeanMetric
 
 from stare_lit.advantages import AdvantageScale, equal_groups, group_advantages
 from stare_lit.distributed import all_reduce_sum, masked_mean
-from stare_lit.errors import check
+from stare_lit.errors import ConfigError, NonFiniteError, check
 from stare_lit.logprobs import token_logprobs_and_entropy
 from stare_lit.loss import Aggregation, policy_loss
 from stare_lit.policy import Policy
-from stare_lit.rewards import Reward, none_fraction, score_completions
+from stare_lit.rewards import Reward
+from stare_lit.rng import TRAIN, VALIDATION, rng_states, seeded, set_rng_states, stream_seed
 from stare_lit.rollout import Rollout, Sampling, format_prompts, generate
+from stare_lit.scoring import RewardRunner, ScoredBatch, Scoring, none_fraction
 from stare_lit.weighting import GRPO, TokenBatch, TokenWeighting
 
 
@@ -84,6 +87,14 @@ class Tokens:
     weights: Tensor | None = None  # ω of the first update
 
 
+class NonFiniteStep(Exception):
+    """Raised inside a step on every rank when a rank saw a non-finite ``what``; the step is skipped."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
 class GRPOModule(L.LightningModule):
     """GRPO with pluggable token weighting (STARE, ...) for RL with verifiable rewards.
 
@@ -91,6 +102,9 @@ class GRPOModule(L.LightningModule):
         policy: where the model and tokenizer come from.
         rewards: verifiable reward functions; their weighted sum is the reward.
         reward_weights: one weight per reward (default: all 1).
+        scoring: how the rewards run: what a reward error does (fail fast, or score None) and a
+            time limit per completion (rewards then run in a worker process); see
+            stare_lit.scoring.Scoring.
         scheme: token-weighting scheme (default GRPO, ω ≡ 1); e.g. stare_lit.weighting.STARE.
         group_size: G, completions sampled per prompt (>= 2).
         sampling: how completions are sampled.
@@ -112,6 +126,9 @@ class GRPOModule(L.LightningModule):
         accuracy_reward: index of the reward that defines "correct" (value >= 1) in validation.
         peak_flops: the device's peak FLOP/s (e.g. 989e12 for an H100 in bf16); when set, the
             update's model FLOPs utilisation (6·params·trained tokens / update time) is logged.
+        max_nonfinite_steps: a step whose log-probs, entropy, advantages, loss or gradients hold a NaN
+            or ±inf is skipped (no optimizer step; counted in train/nonfinite_steps, with a warning);
+            after this many in a row the run saves the last good state and stops with an error.
     """
 
     def __init__(
@@ -119,6 +136,7 @@ class GRPOModule(L.LightningModule):
         policy: Policy,
         rewards: list[Reward],
         reward_weights: list[float] | None = None,
+        scoring: Scoring | None = None,
         scheme: TokenWeighting | None = None,
         group_size: int = 8,
         sampling: Sampling | None = None,
@@ -138,6 +156,7 @@ class GRPOModule(L.LightningModule):
         val_temperature: float = 1.0,
         accuracy_reward: int = 0,
         peak_flops: float | None = None,
+        max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__()
         check(group_size >= 2, f"model.group_size must be >= 2 (GRPO compares samples of a prompt), got {group_size}")
@@ -149,10 +168,12 @@ class GRPOModule(L.LightningModule):
         check(0 <= accuracy_reward < len(rewards), f"model.accuracy_reward must index model.rewards, got {accuracy_reward}")
         check(val_samples >= 1, f"model.val_samples must be >= 1, got {val_samples}")
         check(val_temperature > 0 or val_samples == 1, "model.val_temperature 0 (greedy) needs model.val_samples 1")
+        check(max_nonfinite_steps >= 1, f"model.max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
         self.automatic_optimization = False
         self.policy = policy
         self.rewards = rewards
         self.reward_weights = reward_weights
+        self.reward_runner = RewardRunner(rewards, reward_weights, scoring or Scoring())
         self.scheme = scheme if scheme is not None else GRPO()
         check(not self.scheme.needs_whole_groups or micro_batch_size is None or micro_batch_size % group_size == 0,
               f"model.micro_batch_size must be a multiple of model.group_size ({group_size}) for "
@@ -175,11 +196,18 @@ class GRPOModule(L.LightningModule):
         self.val_temperature = val_temperature
         self.accuracy_reward = accuracy_reward
         self.peak_flops = peak_flops
+        self.max_nonfinite_steps = max_nonfinite_steps
         self.tokenizer = policy.load_tokenizer()  # early: a bad path fails before anything is written
         self.model = None
         self._ref_model = [None]  # in a list: frozen, not a submodule, not in checkpoints
         self.val_mean_at_k = MeanMetric()
         self.val_pass_at_k = MeanMetric()
+        # Run state that is not a tensor, saved in checkpoints (on_save_checkpoint) for exact resume.
+        self._rollout_seed: int | None = None  # base seed of the rollouts (Sampling.seed)
+        self.rollouts = 0  # training rollouts so far: the counter of the sampling stream
+        self.nonfinite_steps = 0  # skipped for non-finite numbers, in all
+        self.nonfinite_in_a_row = 0
+        self._rng_to_restore: dict | None = None  # global RNG states from a checkpoint, set at the next batch
 
     # ---------------------------------------------------------------- model
     def configure_model(self) -> None:
@@ -214,23 +242,37 @@ class GRPOModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
                                                          "interval": "step"}}
 
+    def teardown(self, stage: str) -> None:
+        self.reward_runner.close()  # its worker process, if scoring.timeout started one
+
     def on_fit_start(self) -> None:
         if self._ref_model[0] is not None:
             self._ref_model[0].to(self.device)
 
     # ---------------------------------------------------------------- pieces of a step
-    def rollout(self, prompts: list[str], group_size: int, greedy: bool = False) -> Rollout:
-        texts = format_prompts(self.tokenizer, prompts, self.chat_template, self.system_prompt)
-        return generate(self.model, self.tokenizer, texts, group_size, self.sampling, greedy=greedy)
+    @property
+    def rollout_seed(self) -> int:
+        """Base seed of the sampling: ``sampling.seed``, else the run's seed (from a checkpoint once saved)."""
+        if self._rollout_seed is None:
+            self._rollout_seed = self.sampling.seed if self.sampling.seed is not None else torch.initial_seed()
+        return self._rollout_seed
 
-    def score(self, batch: dict[str, list], rollout: Rollout, group_size: int) -> tuple[Tensor, dict[str, Tensor]]:
-        """Rewards (N,) for the rollout; the batch's columns are repeated G times to align."""
+    def rollout(self, prompts: list[str], group_size: int, greedy: bool = False, seed: int | None = None) -> Rollout:
+        """Sample ``group_size`` completions per prompt; from the stream ``seed`` if given (see stare_lit.rng)."""
+        texts = format_prompts(self.tokenizer, prompts, self.chat_template, self.system_prompt)
+        if seed is None:
+            return generate(self.model, self.tokenizer, texts, group_size, self.sampling, greedy=greedy)
+        with seeded(seed, self.device):
+            return generate(self.model, self.tokenizer, texts, group_size, self.sampling, greedy=greedy)
+
+    def score(self, batch: dict[str, list], rollout: Rollout, group_size: int) -> ScoredBatch:
+        """Rewards of the rollout (``total`` (N,) on the module's device); the batch's columns are
+        repeated G times to align with the completions."""
         repeat = lambda values: [v for v in values for _ in range(group_size)]  # noqa: E731
         columns = {k: repeat(v) for k, v in batch.items() if k != "prompt"}
         columns["completion_length"] = rollout.completion_mask.sum(-1).tolist()  # in tokens, EOS included
-        total, per_reward = score_completions(self.rewards, self.reward_weights, repeat(batch["prompt"]),
-                                              rollout.completions, columns)
-        return total.to(self.device), per_reward
+        scored = self.reward_runner(repeat(batch["prompt"]), rollout.completions, columns, group_size)
+        return replace(scored, total=scored.total.to(self.device))
 
     def token_logprobs(self, model, rollout: Rollout, rows: slice | Tensor) -> tuple[Tensor, Tensor]:
         """log π(completion tokens) and entropy for the selected rows: (n, T) each, float32."""
@@ -251,7 +293,9 @@ class GRPOModule(L.LightningModule):
         logps, ents = zip(*(self.token_logprobs(self.model, rollout, rows)
                             for rows in self.micro_batches(rollout.input_ids.shape[0])))
         mask = rollout.completion_mask
-        return Tokens(old_logprobs=torch.cat(logps), entropy=torch.cat(ents),
+        logps, ents = torch.cat(logps), torch.cat(ents)  # (N, T) each
+        self.require_finite("log-probs or entropy of π_old", logps, ents, mask=mask)
+        return Tokens(old_logprobs=logps, entropy=ents,
                       advantages=advantages[:, None].expand_as(mask).float(), mask=mask,
                       ref_logprobs=self.reference_pass(rollout))
 
@@ -260,8 +304,24 @@ class GRPOModule(L.LightningModule):
         """log π_ref of every completion token (N, T), or None without a reference model."""
         if self._ref_model[0] is None:
             return None
-        return torch.cat([self.token_logprobs(self._ref_model[0], rollout, rows)[0]
-                          for rows in self.micro_batches(rollout.input_ids.shape[0])])
+        ref = torch.cat([self.token_logprobs(self._ref_model[0], rollout, rows)[0]
+                         for rows in self.micro_batches(rollout.input_ids.shape[0])])
+        self.require_finite("log-probs of the reference model", ref, mask=rollout.completion_mask)
+        return ref
+
+    def require_finite(self, what: str, *values: Tensor, mask: Tensor | None = None) -> None:
+        """Raise ``NonFiniteStep(what)`` if any rank has a NaN/±inf in ``values`` (where ``mask``, if given).
+
+        Every rank raises together (one all-reduce): a rank that skipped backward alone would leave the
+        others waiting in FSDP's collectives. Non-finite logits show up here too: one NaN or +inf logit
+        makes its position's log-prob and entropy non-finite.
+        """
+        bad = torch.zeros((), device=self.device)
+        for v in values:
+            nonfinite = ~torch.isfinite(v.detach())
+            bad += (nonfinite if mask is None else nonfinite & mask).sum()
+        if all_reduce_sum(bad).item() > 0:
+            raise NonFiniteStep(what)
 
     def update(self, rollout: Rollout, tokens: Tokens | None, advantages: Tensor) -> tuple[Tokens, dict]:
         """μ optimizer steps on one rollout batch.
@@ -283,12 +343,14 @@ class GRPOModule(L.LightningModule):
                 self.scheme.prepare(self.token_batch(tokens, slice(None), tokens.old_logprobs, tokens.entropy))
             for rows in self.micro_batches(mask.shape[0]):
                 logprobs, entropy = self.token_logprobs(self.model, rollout, rows)
+                self.require_finite("log-probs or entropy", logprobs, entropy, mask=mask[rows])
                 if fused_old_pass:
                     tokens = Tokens(old_logprobs=logprobs.detach(), entropy=entropy.detach(),
                                     advantages=advantages[:, None].expand_as(mask).float(), mask=mask,
                                     ref_logprobs=ref_logprobs)
                     self.scheme.update(masked_mean(tokens.entropy, mask).item())
                 loss, loss_stats, batch, weights = self.micro_loss(tokens, rows, logprobs, entropy)
+                self.require_finite("loss", loss)
                 # Each micro-batch's loss is a mean over its own tokens (or rows); rescale so the sum
                 # over micro-batches and the gradient average over ranks give the world-level mean.
                 share = (mask[rows].sum().item() / n_tokens if self.loss_settings.agg == "token-mean"
@@ -327,76 +389,156 @@ class GRPOModule(L.LightningModule):
         return loss, stats, batch, torch.ones_like(logprobs).detach() if weights is None else weights
 
     def clip_and_step(self, optimizer) -> float:
+        """Clip the global gradient norm, then step — unless a gradient is NaN/±inf (then NonFiniteStep)."""
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip else math.inf)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # the same on every rank
+        if not torch.isfinite(norm):
+            raise NonFiniteStep("gradients")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        return float(norm)
 
     # ---------------------------------------------------------------- the step
     def training_step(self, batch: dict[str, list], batch_idx: int):
+        try:
+            return self.train_on(batch)
+        except NonFiniteStep as fault:
+            return self.skip_step(fault, rows=len(batch["prompt"]) * self.group_size)
+
+    def train_on(self, batch: dict[str, list]) -> dict[str, Tensor]:
+        """One GRPO step on a batch of prompts; returns the per-token tensors the callbacks read."""
         G = self.group_size
         t0 = time.perf_counter()
-        rollout = self.rollout(batch["prompt"], G)
+        seed = stream_seed(self.rollout_seed, TRAIN, self.rollouts, self.global_rank)
+        self.rollouts += 1
+        rollout = self.sampled_rollout(batch["prompt"], G, seed)
         t1 = time.perf_counter()
-        rewards, per_reward = self.score(batch, rollout, G)
+        scored = self.score(batch, rollout, G)
+        rewards = scored.total  # (N,)
         advantages = group_advantages(rewards, G, self.advantage_scale, self.advantage_eps)  # (N,)
         flat = equal_groups(rewards, G)  # (P,)
         unscored = torch.isnan(rewards)
         keep = ~unscored
         if self.dynamic_sampling:
             keep &= ~flat.repeat_interleave(G)
-        lengths = rollout.completion_mask.sum(-1)  # (N,) as generated, before anything is dropped
         # Unscorable completions, and dropped groups, leave the loss entirely.
-        rollout = replace(rollout, completion_mask=rollout.completion_mask & keep[:, None])
+        rollout_kept = replace(rollout, completion_mask=rollout.completion_mask & keep[:, None])
         t2 = time.perf_counter()
-        # μ = 1 and one micro-batch: the update's forward doubles as the old pass (a reference model
-        # only adds its own forward, in update()).
-        need_old_pass = self.updates_per_batch > 1 or len(self.micro_batches(len(rewards))) > 1
-        tokens = None
-        if need_old_pass:
-            tokens = self.old_pass(rollout, advantages)
-            self.scheme.update(masked_mean(tokens.entropy, rollout.completion_mask).item())
-        if rollout.completion_mask.any():
-            tokens, stats = self.update(rollout, tokens, advantages)
-        else:  # every group dropped: nothing to learn from this batch
-            tokens = tokens or self.old_pass(rollout, advantages)
-            tokens, stats = replace(tokens, weights=torch.ones_like(tokens.old_logprobs)), {"skipped_update": 1.0}
+        tokens, stats = self.learn(rollout_kept, advantages)
+        self.nonfinite_in_a_row = 0
         t3 = time.perf_counter()
-        self.log_step(rollout, lengths, rewards, per_reward, flat, unscored, tokens, stats,
-                      times=(t1 - t0, t2 - t1, t3 - t2))
+        self.log_step(rollout, rollout_kept, scored, flat, unscored, tokens, stats, times=(t1 - t0, t2 - t1, t3 - t2))
         return {"loss": torch.tensor(stats.get("loss", 0.0)), "entropy": tokens.entropy,
                 "surprisal": -tokens.old_logprobs, "advantages": tokens.advantages, "weights": tokens.weights,
                 "mask": tokens.mask, "rewards": rewards.detach()}
+
+    def learn(self, rollout: Rollout, advantages: Tensor) -> tuple[Tokens, dict]:
+        """Old pass (when needed), the scheme's once-per-step update, then μ optimizer steps."""
+        mask = rollout.completion_mask
+        self.require_finite("advantages", advantages, mask=mask.any(-1))
+        # μ = 1 and one micro-batch: the update's forward doubles as the old pass (a reference model
+        # only adds its own forward, in update()).
+        need_old_pass = self.updates_per_batch > 1 or len(self.micro_batches(len(advantages))) > 1
+        tokens = None
+        if need_old_pass:
+            tokens = self.old_pass(rollout, advantages)
+            self.scheme.update(masked_mean(tokens.entropy, mask).item())
+        if all_reduce_sum(mask.sum().float()).item() > 0:  # world-level: every rank runs the same collectives
+            return self.update(rollout, tokens, advantages)
+        tokens = tokens or self.old_pass(rollout, advantages)  # every group dropped: nothing to learn from
+        return replace(tokens, weights=torch.ones_like(tokens.old_logprobs)), {"skipped_update": 1.0}
+
+    def sampled_rollout(self, prompts: list[str], group_size: int, seed: int) -> Rollout:
+        """The training rollout; a sampler that met NaN/±inf probabilities (non-finite logits) is a
+        NonFiniteStep on every rank, like any other non-finite number of the step."""
+        rollout, failure = None, None
+        try:
+            rollout = self.rollout(prompts, group_size, seed=seed)
+        except RuntimeError as e:  # torch.multinomial: "probability tensor contains either inf, nan or element < 0"
+            if "inf" not in str(e) and "nan" not in str(e):
+                raise
+            failure = torch.tensor(math.nan, device=self.device)
+        self.require_finite("logits while sampling the rollout", torch.zeros((), device=self.device) if
+                            failure is None else failure)
+        return rollout
+
+    def skip_step(self, fault: NonFiniteStep, rows: int) -> dict[str, Tensor]:
+        """A step that met a NaN/±inf: drop its gradients, count it, warn; stop after too many in a row.
+
+        Nothing of the step reaches the weights or the optimizer, so the state after the last good step
+        is the current one. The callbacks get a batch of ``rows`` rows with no valid token (they skip it).
+        """
+        self.optimizers().zero_grad(set_to_none=True)
+        self.nonfinite_steps += 1
+        self.nonfinite_in_a_row += 1
+        rank_zero_warn(f"step {self.global_step}: non-finite {fault.what}; skipped this batch without an "
+                       f"optimizer step ({self.nonfinite_in_a_row} in a row; the run stops at "
+                       f"model.max_nonfinite_steps={self.max_nonfinite_steps})")
+        counts = {"train/nonfinite_skipped": 1.0, "train/nonfinite_steps": float(self.nonfinite_steps)}
+        if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
+            for logger in self.trainer.loggers:  # the step never ends, so Lightning would not write them
+                logger.log_metrics(counts, step=self.trainer.fit_loop.epoch_loop._batches_that_stepped)
+            self.stop_on_nonfinite(fault)
+        self.log_dict(counts, on_step=True, on_epoch=False, batch_size=rows)
+        zeros = torch.zeros(rows, 1, device=self.device)  # (N, 1)
+        return {"loss": torch.tensor(math.nan), "entropy": zeros, "surprisal": zeros, "advantages": zeros,
+                "weights": zeros, "mask": zeros.bool(), "rewards": torch.full((rows,), math.nan, device=self.device)}
+
+    def stop_on_nonfinite(self, fault: NonFiniteStep) -> None:
+        """Save the last good state next to the run's checkpoints, then stop with a one-line error."""
+        trainer = self.trainer
+        callback = trainer.checkpoint_callback
+        folder = (callback.dirpath if callback is not None and callback.dirpath
+                  else os.path.join(trainer.log_dir or trainer.default_root_dir, "checkpoints"))  # collective
+        path = os.path.join(folder, f"last-good-step={self.global_step}.ckpt")
+        trainer.save_checkpoint(path)
+        raise NonFiniteError(
+            f"{self.nonfinite_in_a_row} steps in a row had non-finite {fault.what} (the last at step "
+            f"{self.global_step}); stopped. The last good state is in {path} (the skipped steps changed "
+            f"nothing); resume from it with --ckpt_path after lowering model.optimizer's lr, using "
+            f"model.policy.dtype: float32, or raising model.max_nonfinite_steps")
 
     def trained_tokens(self, rollout: Rollout) -> int:
         """Tokens the update forwards and backwards (prompt and completion, no padding) × μ."""
         return int(rollout.attention_mask.sum().item()) * self.updates_per_batch
 
-    def log_step(self, rollout, lengths, rewards, per_reward, flat, unscored, tokens: Tokens, stats, times) -> None:
-        mask = rollout.completion_mask
-        scored = ~torch.isnan(rewards)
-        reward_sum = all_reduce_sum(torch.stack([rewards[scored].sum(), scored.sum().float()]))  # world-level
+    def log_step(self, generated: Rollout, kept: Rollout, scored: ScoredBatch, flat, unscored, tokens: Tokens,
+                 stats, times) -> None:
+        """Log the step. ``generated`` is the rollout as sampled, ``kept`` the same with only the tokens that
+        entered the loss in its completion mask."""
+        mask = kept.completion_mask
+        lengths = generated.completion_mask.sum(-1)  # (N,) tokens, EOS included
+        rewards = scored.total
+        ok = ~torch.isnan(rewards)
+        reward_sum = all_reduce_sum(torch.stack([rewards[ok].sum(), ok.sum().float()]))  # world-level
         metrics = {
             "train/reward": (reward_sum[0] / reward_sum[1]).item() if reward_sum[1] > 0 else math.nan,
             "train/frac_zero_std": flat.float().mean().item(),
             "train/frac_unscored": unscored.float().mean().item(),
             "train/completion_length": lengths.float().mean().item(),
-            "train/frac_truncated": rollout.truncated.float().mean().item(),
+            # Degenerate completions, counted: cut at max_new_tokens; no text at all; nothing but EOS.
+            "train/frac_truncated": generated.truncated.float().mean().item(),
+            "train/frac_empty": sum(not text.strip() for text in generated.completions) / len(generated.completions),
+            "train/frac_eos_only": ((lengths == 1) & ~generated.truncated).float().mean().item(),
             "train/entropy": masked_mean(tokens.entropy, mask).item(),
             "train/surprisal": masked_mean(-tokens.old_logprobs, mask).item(),
+            "train/nonfinite_skipped": 0.0,
+            "train/nonfinite_steps": float(self.nonfinite_steps),
             "time/generate_s": times[0], "time/score_s": times[1], "time/update_s": times[2],
             "train/generated_tokens_per_s": lengths.sum().item() / max(times[0], 1e-9),
-            "train/trained_tokens_per_s": self.trained_tokens(rollout) / max(times[2], 1e-9),
+            "train/trained_tokens_per_s": self.trained_tokens(kept) / max(times[2], 1e-9),
         }
         if self.peak_flops:  # 6·N·D: forward + backward of every trained token, per optimizer step
             n_params = sum(p.numel() for p in self.model.parameters())
-            metrics["train/mfu"] = 6 * n_params * self.trained_tokens(rollout) / max(times[2], 1e-9) / self.peak_flops
+            metrics["train/mfu"] = 6 * n_params * self.trained_tokens(kept) / max(times[2], 1e-9) / self.peak_flops
         metrics |= {f"train/{k}": v for k, v in stats.items()}
-        for name, values in per_reward.items():
-            ok = values[~torch.isnan(values)]
-            metrics[f"reward/{name}"] = ok.mean().item() if len(ok) else math.nan
-        metrics |= {f"reward/{name}_none_frac": v for name, v in none_fraction(per_reward).items()}
+        for name, values in scored.per_reward.items():
+            valid = values[~torch.isnan(values)]
+            metrics[f"reward/{name}"] = valid.mean().item() if len(valid) else math.nan
+        metrics |= {f"reward/{name}_none_frac": v for name, v in none_fraction(scored.per_reward).items()}
+        metrics |= {f"reward/{name}_errors": float(n) for name, n in scored.errors.items()}  # this rank's
+        metrics |= {f"reward/{name}_timeouts": float(n) for name, n in scored.timeouts.items()}
         metrics |= {f"scheme/{k}": v for k, v in self.scheme.metrics().items()}
         metrics["train/lr"] = self.optimizers().param_groups[0]["lr"]
         self.log_dict({k: float(v) for k, v in metrics.items()}, on_step=True, on_epoch=False,
@@ -412,11 +554,12 @@ class GRPOModule(L.LightningModule):
         greedy = self.val_temperature == 0
         sampling, self.sampling = self.sampling, Sampling(**{**vars(self.sampling),
                                                              "temperature": self.val_temperature or 1.0})
-        try:
-            rollout = self.rollout(batch["prompt"], k, greedy=greedy)
+        seed = stream_seed(self.rollout_seed, VALIDATION, self.global_step, batch_idx, self.global_rank)
+        try:  # its own sampling stream: validation leaves the training rollouts' randomness untouched
+            rollout = self.rollout(batch["prompt"], k, greedy=greedy, seed=seed)
         finally:
             self.sampling = sampling
-        _, per_reward = self.score(batch, rollout, k)
+        per_reward = self.score(batch, rollout, k).per_reward
         values = list(per_reward.values())[self.accuracy_reward].to(self.device)  # (P*k,)
         scorable = ~torch.isnan(values)
         correct = (values >= 1.0).float().view(-1, k)  # (P, k)
@@ -432,10 +575,46 @@ class GRPOModule(L.LightningModule):
         self.val_pass_at_k.reset()
 
     # ---------------------------------------------------------------- checkpoints
+    # Lightning saves the model, optimizer, LR scheduler, loop progress, the training loader's position
+    # (stare_lit.loader.PromptLoader) and the callbacks' states; the module adds what only it knows.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["weighting_scheme"] = self.scheme.state_dict()
+        checkpoint["run_state"] = {"rollout_seed": self.rollout_seed, "rollouts": self.rollouts,
+                                   "nonfinite_steps": self.nonfinite_steps, "nonfinite_in_a_row": self.nonfinite_in_a_row,
+                                   "rng": rng_states()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.configure_model()  # the model exists before its weights are loaded
+        self.check_same_model(checkpoint.get("state_dict"))
         if "weighting_scheme" in checkpoint:
             self.scheme.load_state_dict(checkpoint["weighting_scheme"])
-        self.configure_model()  # the model exists before its weights are loaded
+        if "run_state" in checkpoint:
+            state = checkpoint["run_state"]
+            self._rollout_seed, self.rollouts = int(state["rollout_seed"]), int(state["rollouts"])
+            self.nonfinite_steps, self.nonfinite_in_a_row = int(state["nonfinite_steps"]), int(state["nonfinite_in_a_row"])
+            self._rng_to_restore = state["rng"]
+
+    def check_same_model(self, saved: dict[str, Tensor] | None) -> None:
+        """One clear error, before Lightning's wall of size mismatches, when a checkpoint holds another model."""
+        if not saved:
+            return  # a sharded checkpoint: torch.distributed.checkpoint checks it while loading
+        mine = self.state_dict()
+        missing = sorted(set(mine) - set(saved))
+        wrong = [(k, tuple(saved[k].shape), tuple(v.shape)) for k, v in mine.items()
+                 if k in saved and tuple(saved[k].shape) != tuple(v.shape)]
+        if missing:
+            detail = f"{len(missing)} of this model's parameters are not in it, e.g. {missing[0]}"
+        elif wrong:
+            name, theirs, ours = wrong[0]
+            detail = f"{name} is {theirs} in the checkpoint, {ours} here"
+        else:
+            return
+        raise ConfigError(f"ckpt_path: the checkpoint holds another model than model.policy builds ({detail}); "
+                          "resume with the model.policy the run was started with")
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # The global RNGs as they were when the checkpoint was written, right before the next batch:
+        # whatever Lightning draws while it restores (sanity checks, loaders) does not shift them.
+        if self._rng_to_restore is not None:
+            set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None

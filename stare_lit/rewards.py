@@ -1,4 +1,4 @@
-"""Verifiable rewards: score each completion, then combine the scores into one reward per completion.
+"""Verifiable rewards: one number per completion, or ``None`` where a reward cannot judge it.
 
 A reward is a class whose constructor arguments are its config, chosen in YAML by class path::
 
@@ -9,26 +9,16 @@ A reward is a class whose constructor arguments are its config, chosen in YAML b
           pattern: '<think>.*</think>\\s*<answer>.*</answer>'
     reward_weights: [1.0, 0.1]
 
-Design choices:
-
-- A reward returns ``None`` for a completion it cannot judge (the gold answer is missing or does
-  not parse). It never falls back to 1.0: that would reward the policy for the dataset's gaps.
-- ``score_completions`` sums the weighted rewards that are not ``None``; a completion that no
-  reward can judge gets NaN, so the caller can leave it out of the advantages and count it.
-- A reward that raises, or returns something that is not one number (or ``None``) per completion,
-  stops training with a ``RewardError`` naming the reward and the first bad completion, rather
-  than training on a silently wrong signal.
+A reward returns ``None`` for a completion it cannot judge (the gold answer is missing or does not
+parse). It never falls back to 1.0: that would reward the policy for the dataset's gaps. How the
+rewards are run and combined — errors, time limits, a worker process — is stare_lit.scoring.
 """
 
-import math
-import numbers
 import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Optional
 
-import torch
 from math_verify import parse, verify
 
 from stare_lit.errors import ConfigError, check
@@ -191,121 +181,6 @@ class FormatReward(Reward):
         return [float(match(completion) is not None) for completion in completions]
 
 
-class RewardError(RuntimeError):
-    """A reward raised, or returned something other than one number (or ``None``) per completion."""
-
-
-def score_completions(
-    rewards: Sequence[Reward],
-    weights: Optional[Sequence[float]],
-    prompts: list[str],
-    completions: list[str],
-    columns: dict[str, list],
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Run every reward on a batch and combine them into one reward per completion.
-
-    Example: rewards ``a`` and ``b`` with weights ``[1, 0.5]`` scoring two completions as
-    ``a=[1, None]``, ``b=[1, 0]`` give ``total=[1.5, 0.0]``; had ``b`` been ``None`` for the second
-    too, its total would be NaN.
-
-    Args:
-        rewards: The rewards to run.
-        weights: One weight per reward; ``None`` weighs each by 1.0.
-        prompts: The prompt of each completion (repeated for each completion of a prompt).
-        completions: The generated texts.
-        columns: The dataset's other columns, each aligned with ``completions``.
-
-    Returns:
-        ``total``, (N,) float32: the weighted sum of the rewards that apply to each completion, NaN
-        where none does; and ``per_reward``: name -> (N,) float32, NaN where that reward returned
-        ``None``. Repeated names get a suffix (``_1``, ``_2``, ...).
-
-    Raises:
-        RewardError: A reward raised or returned a bad value.
-    """
-    check(len(rewards) > 0, "model.rewards is empty; give at least one reward.")
-    weights = [1.0] * len(rewards) if weights is None else [float(w) for w in weights]
-    check(
-        len(weights) == len(rewards),
-        f"model.reward_weights has {len(weights)} values for {len(rewards)} rewards in model.rewards;"
-        " give one weight per reward, or leave it unset to weigh each by 1.0.",
-    )
-    check(all(math.isfinite(w) for w in weights), f"model.reward_weights={weights} must all be finite numbers.")
-    n = len(completions)
-    for key, column in {"prompts": prompts, **columns}.items():
-        if len(column) != n:
-            raise ValueError(f"column '{key}' has {len(column)} values for {n} completions; they must align.")
-
-    per_reward: dict[str, torch.Tensor] = {}
-    for reward in rewards:
-        values = _run(reward, prompts, completions, columns)
-        per_reward[_unique(reward.name, per_reward)] = torch.tensor(
-            [math.nan if v is None else float(v) for v in values], dtype=torch.float32
-        )
-
-    scores = torch.stack(list(per_reward.values()))  # (R, N)
-    weighted = scores * torch.tensor(weights, dtype=torch.float32)[:, None]  # (R, N)
-    total = torch.nansum(weighted, dim=0)  # (N,) None counts as absent, not as 0
-    total[scores.isnan().all(dim=0)] = math.nan  # no reward applies: the caller leaves it out
-    return total, per_reward
-
-
-def none_fraction(per_reward: dict[str, torch.Tensor]) -> dict[str, float]:
-    """The share of completions each reward returned ``None`` for (NaN in ``per_reward``)."""
-    return {name: values.isnan().float().mean().item() for name, values in per_reward.items()}
-
-
-def _run(reward: Reward, prompts: list[str], completions: list[str], columns: dict[str, list]) -> list:
-    """Call ``reward`` on the batch and check it returned one finite number or ``None`` per completion."""
-    n = len(completions)
-    try:
-        values = reward(prompts, completions, **columns)
-    except ConfigError:
-        raise  # a bad setting, reported as one line by the CLI
-    except Exception as error:
-        where = _first_failing_index(reward, prompts, completions, columns)
-        suffix = "" if where is None else f"; completion index {where}"
-        raise RewardError(
-            f"reward '{reward.name}' raised {type(error).__name__}: {error} (batch of {n} completions{suffix})"
-        ) from error
-    try:
-        values = list(values)
-    except TypeError:
-        raise RewardError(
-            f"reward '{reward.name}' returned {type(values).__name__}; expected a list of {n} values"
-        ) from None
-    if len(values) != n:
-        raise RewardError(f"reward '{reward.name}' returned {len(values)} values; expected {n}, one per completion")
-    for i, value in enumerate(values):
-        if value is not None and not (isinstance(value, numbers.Real) and math.isfinite(value)):
-            raise RewardError(
-                f"reward '{reward.name}' returned {value!r} at completion index {i};"
-                " expected a finite number or None"
-            )
-    return values
-
-
-def _first_failing_index(
-    reward: Reward, prompts: list[str], completions: list[str], columns: dict[str, list]
-) -> Optional[int]:
-    """Retry one completion at a time to name the first that makes ``reward`` raise, if any does alone."""
-    for i in range(len(completions)):
-        try:
-            reward([prompts[i]], [completions[i]], **{key: [column[i]] for key, column in columns.items()})
-        except Exception:
-            return i
-    return None
-
-
-def _unique(name: str, taken: dict[str, Any]) -> str:
-    """``name``, or ``name_1``, ``name_2``, ... if it is already taken, so metrics don't overwrite each other."""
-    unique, k = name, 0
-    while unique in taken:
-        k += 1
-        unique = f"{name}_{k}"
-    return unique
-
-
 def _answer_column(reward: Reward, column: str, columns: dict[str, list]) -> list:
     check(
         column in columns,
@@ -374,3 +249,4 @@ class OverlongPenalty(Reward):
         check(lengths is not None, "OverlongPenalty needs the completion_length column (the GRPO module passes it)")
         start = self.max_length - self.cache_length
         return [min(-(n - start) / self.cache_length, 0.0) for n in lengths]
+

@@ -36,6 +36,10 @@ class Sampling:
         max_new_tokens: completion length cap; longer completions are cut and counted as clipped.
         stop: extra stop strings (besides the tokenizer's EOS).
         max_prompt_length: prompts longer than this many tokens are cut from the left (None = no cut).
+        seed: base seed of the sampling. Every rollout samples from its own stream, seeded by (seed,
+            rollout number, rank), so a run is reproducible, a resumed run samples exactly what the
+            uninterrupted one did, and schemes compared at one seed share their sampling noise.
+            None: the run's seed (``seed_everything``).
     """
 
     temperature: float = 1.0
@@ -44,6 +48,7 @@ class Sampling:
     max_new_tokens: int = 256
     stop: list[str] = field(default_factory=list)
     max_prompt_length: int | None = None
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         check(self.temperature > 0, f"model.sampling.temperature must be > 0, got {self.temperature}")

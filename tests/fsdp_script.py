@@ -68,7 +68,7 @@ def cat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
 class SeededRollouts(GRPOModule):
     """GRPOModule whose rollout of a prompt does not depend on the other prompts in the batch."""
 
-    def rollout(self, prompts, group_size, greedy=False):
+    def rollout(self, prompts, group_size, greedy=False, seed=None):  # seeds per prompt instead of per rollout
         parts = []
         for p in prompts:
             torch.manual_seed(zlib.crc32(p.encode()) + 1000 * self.global_step)

@@ -8,3 +8,71 @@ class RaisingReward(Reward):
 
     def __call__(self, prompts, completions, **columns):
         raise RuntimeError("bug in user reward")
+
+
+class ScriptedReward(Reward):
+    """Scores a completion by its length, unless its text asks for a failure (for RewardRunner tests).
+
+    Markers in a completion: ``RAISE`` raises, ``HANG`` sleeps for an hour (a hung verifier), ``DIE``
+    exits the process (a crash in C code), ``STR`` returns the string "1.0", ``NAN`` returns NaN,
+    ``SHORT`` is left out of the returned list (a wrong length), ``NONE`` returns None, and
+    ``CALLS`` returns how many times this instance has been called (state kept across calls).
+    Defined here, not in a test file, so that a spawned worker process can import it.
+    """
+
+    def __init__(self, name=None):
+        super().__init__(name)
+        self.calls = 0
+
+    def __call__(self, prompts, completions, **columns):
+        self.calls += 1
+        values = []
+        for completion in completions:
+            if "RAISE" in completion:
+                raise ValueError("boom")
+            if "HANG" in completion:
+                import time
+
+                time.sleep(3600)
+            if "DIE" in completion:
+                import os
+
+                os._exit(3)
+            if "SHORT" in completion:
+                continue
+            values.append(self._value(completion))
+        return values
+
+    def _value(self, completion):
+        if "STR" in completion:
+            return "1.0"
+        if "NAN" in completion:
+            return float("nan")
+        if "NONE" in completion:
+            return None
+        if "CALLS" in completion:
+            return float(self.calls)
+        return float(len(completion))
+
+
+class BatchOnlyFailure(Reward):
+    """Raises on any batch of more than one completion, never on one alone."""
+
+    def __call__(self, prompts, completions, **columns):
+        if len(completions) > 1:
+            raise RuntimeError("batch too big")
+        return [1.0]
+
+
+class UnloadableReward(Reward):
+    """Pickles in the parent but cannot be unpickled: as a reward defined in the script being run."""
+
+    def __reduce__(self):
+        return (_refuse_to_load, ())
+
+    def __call__(self, prompts, completions, **columns):
+        return [0.0] * len(completions)
+
+
+def _refuse_to_load():
+    raise ModuleNotFoundError("No module named 'my_training_script'")

@@ -5,15 +5,8 @@ import pytest
 import torch
 
 from stare_lit.errors import ConfigError
-from stare_lit.rewards import (
-    ExactMatchReward,
-    FormatReward,
-    MathAnswerReward,
-    Reward,
-    RewardError,
-    none_fraction,
-    score_completions,
-)
+from stare_lit.rewards import ExactMatchReward, FormatReward, MathAnswerReward, Reward
+from stare_lit.scoring import RewardError, none_fraction, score_completions
 
 
 class Fixed(Reward):
@@ -159,7 +152,7 @@ def test_score_completions_passes_columns():
 
 
 def test_raising_reward_is_named_with_the_failing_index():
-    expected = r"reward 'fails_on' raised ZeroDivisionError: boom \(batch of 4 completions; completion index 2\)"
+    expected = r"reward 'fails_on' raised ZeroDivisionError: boom on completion 2 \(prompt 2 of the batch: ''\)"
     with pytest.raises(RewardError, match=expected):
         score_completions([FailsOn("bad")], None, [""] * 4, ["ok", "ok", "bad", "bad"], {})
 
@@ -171,5 +164,5 @@ def test_wrong_length_is_an_error():
 
 @pytest.mark.parametrize("bad", ["1.0", float("nan"), float("inf"), torch.tensor([1.0])])
 def test_non_number_is_an_error(bad):
-    with pytest.raises(RewardError, match="'odd' returned .* at completion index 1"):
+    with pytest.raises(RewardError, match="'odd' returned .*, not a finite number or None, on completion 1"):
         score_completions([Fixed([0.0, bad], name="odd")], None, ["", ""], ["", ""], {})

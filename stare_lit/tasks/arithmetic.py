@@ -19,8 +19,9 @@ from typing import Sequence
 import lightning as L
 from torch.utils.data import DataLoader
 
-from stare_lit.data import collate_prompts
+from stare_lit.data import train_loader, val_loader
 from stare_lit.errors import check
+from stare_lit.loader import PromptLoader
 from stare_lit.rewards import Reward
 
 SYMBOLS = "0123456789+=;"
@@ -133,9 +134,8 @@ class ArithmeticDataModule(L.LightningDataModule):
         self.val_rows = [as_row(a, b) for a, b in val]
         self.train_rows = [as_row(a, b) for a, b in train]
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_rows, batch_size=self.hparams.batch_size, shuffle=True, drop_last=True,
-                          collate_fn=collate_prompts)
+    def train_dataloader(self) -> PromptLoader:
+        return train_loader(self, self.train_rows, self.hparams.batch_size, self.hparams.seed)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_rows, batch_size=self.hparams.val_batch_size, collate_fn=collate_prompts)
+        return val_loader(self.val_rows, self.hparams.val_batch_size)

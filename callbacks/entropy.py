@@ -52,6 +52,7 @@ from callbacks.forecast import EntropyForecaster, Forecast
 from callbacks.stats import QUADRANTS, batches_done, field, step_stats
 from stare_lit.distributed import gather_valid
 from stare_lit.errors import check
+from stare_lit.metrics import StepKeys
 
 __all__ = ["AlertEvent", "EntropyCollapseAlert", "EntropyMonitor"]
 
@@ -186,6 +187,7 @@ class EntropyMonitor(pl.Callback):
         self.histogram_every_n_steps = histogram_every_n_steps
         self.prefix = prefix
         self._previous: tuple[int, float] | None = None  # (batch index, entropy_mean) last computed
+        self._keys = StepKeys()
 
     @property
     def state_key(self) -> str:
@@ -228,7 +230,7 @@ class EntropyMonitor(pl.Callback):
             return
         if not trainer._logger_connector.should_update_logs:
             return
-        for name, value in self.compute(outputs, batch=done).items():
+        for name, value in self._keys.fill(self.compute(outputs, batch=done)).items():  # NaN, not stale, if none
             pl_module.log(self.prefix + name, value, on_step=True, on_epoch=False, sync_dist=False)
 
     def _histograms(self, trainer: pl.Trainer, outputs: Any, step: int) -> None:
@@ -425,6 +427,7 @@ class EntropyCollapseAlert(pl.Callback):
         self.prefix = prefix
         self.forecaster = EntropyForecaster(window, confidence, use_predicted_change)
         self._baseline: list[float] = []  # token-mean entropy of the first baseline_steps batches
+        self._keys = StepKeys()
         self._window: list[float] = []  # the last `smoothing` token-mean entropies
         self._collapsed_steps = 0  # consecutive collapsed batches
         self._forecast_steps = 0  # consecutive batches with the crossing forecast within the horizon
@@ -500,6 +503,7 @@ class EntropyCollapseAlert(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         stats = step_stats(outputs, type(self).__name__)  # world totals, identical on every rank
+        values = {"fired": float(self._fired_step is not None)}
         if stats and math.isfinite(stats["entropy_mean"]):
             step = trainer.global_step
             smoothed, threshold, fire = self.update(stats["entropy_mean"], step)
@@ -508,20 +512,17 @@ class EntropyCollapseAlert(pl.Callback):
                 self._fire_forecast(trainer, pl_module, forecast, stats)
             if fire:
                 self._fire_collapse(trainer, pl_module, smoothed, threshold)
-            self._log(pl_module, "entropy_smoothed", smoothed)
+            values |= {"entropy_smoothed": smoothed, "fired": float(self._fired_step is not None)}
             if threshold is not None:
-                self._log(pl_module, "threshold", threshold)
+                values["threshold"] = threshold
             if forecast is not None:
-                self._log(pl_module, "trend_rate", forecast.trend_rate)
-                self._log(pl_module, "forecast_rate", forecast.rate)
+                values |= {"trend_rate": forecast.trend_rate, "forecast_rate": forecast.rate}
                 if forecast.steps_to_threshold is not None:
-                    self._log(pl_module, "forecast_steps_to_threshold", forecast.steps_to_threshold)
-        self._log(pl_module, "fired", float(self._fired_step is not None))
+                    values["forecast_steps_to_threshold"] = forecast.steps_to_threshold
         if self.horizon is not None:
-            self._log(pl_module, "forecast_fired", float(self._forecast_fired_step is not None))
-
-    def _log(self, pl_module: pl.LightningModule, name: str, value: float) -> None:
-        pl_module.log(self.prefix + name, value, on_step=True, on_epoch=False, sync_dist=False)
+            values["forecast_fired"] = float(self._forecast_fired_step is not None)
+        for name, value in self._keys.fill(values).items():  # a value this step lacks is NaN, not stale
+            pl_module.log(self.prefix + name, value, on_step=True, on_epoch=False, sync_dist=False)
 
     def _fire_forecast(self, trainer: pl.Trainer, pl_module: pl.LightningModule, forecast: Forecast,
                        stats: dict[str, float]) -> None:

@@ -82,9 +82,11 @@ def check_checkpoint_file(path) -> None:
     file, or one that is not a checkpoint, is caught here before anything is loaded.
     """
     path = Path(path)
+    if path.is_dir() and (path / ".metadata").is_file():
+        return  # a sharded checkpoint (torch.distributed.checkpoint): checked by its own loader
     if not path.is_file():
-        raise ConfigError(f"ckpt_path: '{path}' is not a checkpoint file; give the path of a .ckpt file "
-                          "(e.g. <run>/checkpoints/last.ckpt)")
+        raise ConfigError(f"ckpt_path: '{path}' is not a checkpoint; give the path of a .ckpt file or of a "
+                          "sharded checkpoint's directory (e.g. <run>/checkpoints/last.ckpt)")
     try:
         with zipfile.ZipFile(path):
             pass

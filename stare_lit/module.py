@@ -40,6 +40,7 @@ from stare_lit.distributed import all_reduce_sum, masked_mean
 from stare_lit.errors import ConfigError, NonFiniteError, check
 from stare_lit.logprobs import token_logprobs_and_entropy
 from stare_lit.loss import Aggregation, policy_loss
+from stare_lit.metrics import StepKeys
 from stare_lit.policy import Policy
 from stare_lit.rewards import Reward
 from stare_lit.rng import TRAIN, VALIDATION, rng_states, seeded, set_rng_states, stream_seed
@@ -208,6 +209,7 @@ class GRPOModule(L.LightningModule):
         self.nonfinite_steps = 0  # skipped for non-finite numbers, in all
         self.nonfinite_in_a_row = 0
         self._rng_to_restore: dict | None = None  # global RNG states from a checkpoint, set at the next batch
+        self.step_keys = StepKeys()  # NaN for a metric a step does not log (stare_lit.metrics)
 
     # ---------------------------------------------------------------- model
     def configure_model(self) -> None:
@@ -480,7 +482,7 @@ class GRPOModule(L.LightningModule):
             for logger in self.trainer.loggers:  # the step never ends, so Lightning would not write them
                 logger.log_metrics(counts, step=self.trainer.fit_loop.epoch_loop._batches_that_stepped)
             self.stop_on_nonfinite(fault)
-        self.log_dict(counts, on_step=True, on_epoch=False, batch_size=rows)
+        self.log_dict(self.step_keys.fill(counts), on_step=True, on_epoch=False, batch_size=rows)
         zeros = torch.zeros(rows, 1, device=self.device)  # (N, 1)
         return {"loss": torch.tensor(math.nan), "entropy": zeros, "surprisal": zeros, "advantages": zeros,
                 "weights": zeros, "mask": zeros.bool(), "rewards": torch.full((rows,), math.nan, device=self.device)}
@@ -541,7 +543,7 @@ class GRPOModule(L.LightningModule):
         metrics |= {f"reward/{name}_timeouts": float(n) for name, n in scored.timeouts.items()}
         metrics |= {f"scheme/{k}": v for k, v in self.scheme.metrics().items()}
         metrics["train/lr"] = self.optimizers().param_groups[0]["lr"]
-        self.log_dict({k: float(v) for k, v in metrics.items()}, on_step=True, on_epoch=False,
+        self.log_dict(self.step_keys.fill(metrics), on_step=True, on_epoch=False,
                       batch_size=len(rewards), sync_dist=False)
         self.log("reward", metrics["train/reward"], prog_bar=True, logger=False, batch_size=len(rewards))
         self.log("entropy", metrics["train/entropy"], prog_bar=True, logger=False, batch_size=len(rewards))

@@ -88,6 +88,8 @@ def test_a_nonfinite_step_is_skipped_and_counted(tiny_policy, tmp_path, when):
     assert all(torch.isfinite(p).all() for p in module.model.parameters())
     metrics = metrics_of(trainer)
     assert metrics["train/nonfinite_skipped"].dropna().tolist() == [0.0, 1.0, 0.0, 0.0]
+    skipped = metrics[metrics["train/nonfinite_skipped"] == 1.0]
+    assert skipped[["train/loss", "train/entropy", "train/reward"]].isna().all().all()  # NaN, not step 0's values
     assert metrics["train/nonfinite_steps"].dropna().tolist() == [0.0, 1.0, 1.0, 1.0]
     assert module.nonfinite_in_a_row == 0
 
@@ -173,3 +175,4 @@ def test_degenerate_completions_are_counted(tiny_policy, tmp_path):
             assert (metrics["train/frac_empty"].dropna() == float(token == 1)).all()
             assert metrics["train/loss"].dropna().map(math.isfinite).all()
             assert (metrics["train/nonfinite_skipped"].dropna() == 0).all()
+

@@ -26,6 +26,7 @@ from stare_lit.tasks.arithmetic import ArithmeticDataModule
 from stare_lit.weighting import STARE
 
 STEPS = 6  # 3 batches per epoch: two epochs
+ACCELERATORS = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
 
 
 class DigitShare(Reward):
@@ -35,7 +36,7 @@ class DigitShare(Reward):
         return [text.count("1") / max(len(text), 1) for text in completions]
 
 
-def train(policy, folder, max_steps: int, ckpt_path=None):
+def train(policy, folder, max_steps: int, ckpt_path=None, accelerator: str = "cpu"):
     L.seed_everything(0)
     module = GRPOModule(
         policy=policy, rewards=[DigitShare()], group_size=4, sampling=Sampling(max_new_tokens=8), val_samples=2,
@@ -48,23 +49,23 @@ def train(policy, folder, max_steps: int, ckpt_path=None):
                  EntropyMonitor(histogram_every_n_steps=0),
                  EntropyCollapseAlert(max_relative_drop=0.01, baseline_steps=2, patience=1, horizon=3, window=3,
                                       forecast_actions=["log"], collapse_actions=["log"])]
-    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, logger=CSVLogger(folder, name=""), callbacks=callbacks,
+    trainer = L.Trainer(accelerator=accelerator, devices=1, max_steps=max_steps, logger=CSVLogger(folder, name=""), callbacks=callbacks,
                         plugins=[AtomicCheckpointIO()], val_check_interval=2, check_val_every_n_epoch=None,
                         num_sanity_val_steps=0, log_every_n_steps=1, enable_progress_bar=False,
-                        enable_model_summary=False)
+                        enable_model_summary=False, deterministic=accelerator != "cpu")  # GPU: no atomics
     trainer.fit(module, data, ckpt_path=ckpt_path)
     metrics = pd.read_csv(trainer.logger.log_dir + "/metrics.csv")
     return trainer, module, callbacks, metrics
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, tokenizer_dir):
+@pytest.fixture(scope="module", params=ACCELERATORS)
+def uninterrupted(request, tmp_path_factory, tokenizer_dir):
     from tests.conftest import tiny_config
     from stare_lit.policy import Policy
 
     folder = tmp_path_factory.mktemp("uninterrupted")
     policy = Policy(config=tiny_config(), tokenizer=tokenizer_dir)
-    return policy, train(policy, folder, STEPS)
+    return policy, request.param, train(policy, folder, STEPS, accelerator=request.param)
 
 
 def by_step(metrics: pd.DataFrame, after: int) -> pd.DataFrame:
@@ -77,11 +78,11 @@ def by_step(metrics: pd.DataFrame, after: int) -> pd.DataFrame:
 
 @pytest.mark.parametrize("stop_at", [3, 4], ids=["epoch-boundary", "mid-epoch"])
 def test_resumed_run_matches_the_uninterrupted_run(uninterrupted, stop_at, tmp_path):
-    policy, (_, full_module, full_callbacks, full_metrics) = uninterrupted
+    policy, accelerator, (_, full_module, full_callbacks, full_metrics) = uninterrupted
     # The interrupted run: stops at step k (as a killed job would after its step-k checkpoint) ...
-    train(policy, tmp_path / "first", stop_at)
+    train(policy, tmp_path / "first", stop_at, accelerator=accelerator)
     # ... and is resumed from its last.ckpt to the end.
-    _, module, callbacks, metrics = train(policy, tmp_path / "second", STEPS,
+    _, module, callbacks, metrics = train(policy, tmp_path / "second", STEPS, accelerator=accelerator,
                                           ckpt_path=tmp_path / "first" / "ckpt" / "last.ckpt")
 
     expected, got = by_step(full_metrics, stop_at), by_step(metrics, stop_at)
@@ -89,10 +90,10 @@ def test_resumed_run_matches_the_uninterrupted_run(uninterrupted, stop_at, tmp_p
     columns = sorted(set(expected.columns) | set(got.columns))  # a CSV has only what its own run logged
     expected, got = expected.reindex(columns=columns), got.reindex(columns=columns)
     assert got["val/mean@2"].notna().any() and got["train/reward"].notna().all() and got["train/lr"].nunique() > 1
-    for column in expected.columns:
-        a, b = expected[column].tolist(), got[column].tolist()
-        same = [x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a, b)]
-        assert all(same), f"{column}: uninterrupted {a} vs resumed {b}"
+    differ = {column: (expected[column].tolist(), got[column].tolist()) for column in expected.columns
+              if not all(x == y or (math.isnan(x) and math.isnan(y))
+                         for x, y in zip(expected[column].tolist(), got[column].tolist()))}
+    assert not differ, f"uninterrupted vs resumed: {differ}"
 
     for name, value in full_module.state_dict().items():
         assert torch.equal(value, module.state_dict()[name]), name
@@ -119,7 +120,7 @@ def test_rollouts_do_not_depend_on_what_ran_before(tiny_policy):
 
 
 def test_checkpoint_loads_with_weights_only(uninterrupted):
-    _, (trainer, *_rest) = uninterrupted
+    _, _, (trainer, *_rest) = uninterrupted
     state = torch.load(trainer.checkpoint_callback.dirpath + "/last.ckpt", weights_only=True)
     assert state["run_state"]["rollouts"] == STEPS
     assert state["loops"]["fit_loop"]["state_dict"]["combined_loader"][0] == {"epoch": 1, "consumed": 3, "seed": 1234,

@@ -9,12 +9,12 @@
 set -uo pipefail
 out=${1:-runs/gpu_check}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 CUBLAS_WORKSPACE_CONFIG=:4096:8  # deterministic cuBLAS for the CUDA resume test
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/versions.txt"
 python3 -c "import torch, lightning, transformers; print('torch', torch.__version__, '| lightning', lightning.__version__,
 '| transformers', transformers.__version__)" | tee -a "$out/versions.txt"
 
-python3 -m pytest -q -p no:warnings tests/test_resume.py 2>&1 | tail -4 | tee "$out/pytest_resume.txt"
+python3 -m pytest -q -p no:warnings tests/test_resume.py 2>&1 | grep -E "^E |passed|failed" | tee "$out/pytest_resume.txt"
 
 run() { python3 -m stare_lit.cli fit --config configs/fsdp_gpu_smoke.yaml --trainer.default_root_dir "$out/$1" \
           --trainer.logger.init_args.save_dir "$out/$1" "${@:2}" > "$out/$1.log" 2>&1; echo "$1: exit $?"; }

@@ -19,6 +19,10 @@ With μ = 1 and one micro-batch, π_old is π_θ itself: the training forward pa
 
 ``training_step`` returns detached per-token tensors (entropy, surprisal, advantages, weights,
 mask) and the rewards; callbacks read them in ``on_train_batch_end``.
+
+A NaN or ±inf anywhere in a step (logits, log-probs, advantages, loss, gradients) skips the step on
+every rank, with no optimizer step; ``max_nonfinite_steps`` in a row save the last good state and stop.
+Checkpoints carry what exact resume needs beyond Lightning's own state (``on_save_checkpoint``).
 """
 
 from __future__ import annotations
@@ -452,17 +456,15 @@ class GRPOModule(L.LightningModule):
         return replace(tokens, weights=torch.ones_like(tokens.old_logprobs)), {"skipped_update": 1.0}
 
     def sampled_rollout(self, prompts: list[str], group_size: int, seed: int) -> Rollout:
-        """The training rollout; a sampler that met NaN/±inf probabilities (non-finite logits) is a
+        """The training rollout. A sampler that met NaN/±inf probabilities (non-finite logits) is a
         NonFiniteStep on every rank, like any other non-finite number of the step."""
-        rollout, failure = None, None
         try:
-            rollout = self.rollout(prompts, group_size, seed=seed)
+            rollout, bad = self.rollout(prompts, group_size, seed=seed), torch.zeros((), device=self.device)
         except RuntimeError as e:  # torch.multinomial: "probability tensor contains either inf, nan or element < 0"
             if "inf" not in str(e) and "nan" not in str(e):
                 raise
-            failure = torch.tensor(math.nan, device=self.device)
-        self.require_finite("logits while sampling the rollout", torch.zeros((), device=self.device) if
-                            failure is None else failure)
+            rollout, bad = None, torch.tensor(math.nan, device=self.device)
+        self.require_finite("logits while sampling the rollout", bad)  # every rank takes part
         return rollout
 
     def skip_step(self, fault: NonFiniteStep, rows: int) -> dict[str, Tensor]:

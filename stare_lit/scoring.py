@@ -1,18 +1,7 @@
-"""Scoring: run the rewards on a batch, then combine them into one reward per completion.
-
-A reward is a class whose constructor arguments are its config, chosen in YAML by class path::
-
-    rewards:
-      - class_path: stare_lit.rewards.MathAnswerReward
-      - class_path: stare_lit.rewards.FormatReward
-        init_args:
-          pattern: '<think>.*</think>\\s*<answer>.*</answer>'
-    reward_weights: [1.0, 0.1]
+"""Scoring: run the rewards (stare_lit.rewards) on a batch, then combine them into one reward per completion.
 
 Design choices:
 
-- A reward returns ``None`` for a completion it cannot judge (the gold answer is missing or does
-  not parse). It never falls back to 1.0: that would reward the policy for the dataset's gaps.
 - ``score_completions`` sums the weighted rewards that are not ``None``; a completion that no
   reward can judge gets NaN, so the caller can leave it out of the advantages and count it.
 - A reward that raises, or returns something that is not one number (or ``None``) per completion,

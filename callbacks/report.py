@@ -250,10 +250,11 @@ class EntropyReport(pl.Callback):
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        return {"history": {k: list(v) for k, v in self.history.items()}}
+        return {"history": {k: list(v) for k, v in self.history.items()}, "last_drawn_step": self._last_drawn_step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = {k: [float(x) for x in v] for k, v in state_dict.get("history", {}).items()}
+        self._last_drawn_step = int(state_dict.get("last_drawn_step", -1))
 
 
 def _find_alert(trainer: pl.Trainer) -> EntropyCollapseAlert | None:

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from callbacks import EntropyCollapseAlert, EntropyMonitor
+from callbacks import EntropyCollapseAlert, EntropyMonitor, EntropyReport
 from stare_lit.checkpoint import AtomicCheckpointIO
 from stare_lit.module import GRPOModule
 from stare_lit.rewards import Reward
@@ -48,7 +48,8 @@ def train(policy, folder, max_steps: int, ckpt_path=None, accelerator: str = "cp
                                  save_last=True),
                  EntropyMonitor(histogram_every_n_steps=0),
                  EntropyCollapseAlert(max_relative_drop=0.01, baseline_steps=2, patience=1, horizon=3, window=3,
-                                      forecast_actions=["log"], collapse_actions=["log"])]
+                                      forecast_actions=["log"], collapse_actions=["log"]),
+                 EntropyReport(every_n_steps=0)]  # its history (drawn at the end) must survive a resume too
     trainer = L.Trainer(accelerator=accelerator, devices=1, max_steps=max_steps, logger=CSVLogger(folder, name=""), callbacks=callbacks,
                         plugins=[AtomicCheckpointIO()], val_check_interval=2, check_val_every_n_epoch=None,
                         num_sanity_val_steps=0, log_every_n_steps=1, enable_progress_bar=False,

@@ -13,7 +13,8 @@ a checkpoint from elsewhere cannot run code. stare-lit's own checkpoints hold no
 module's RNG states and run counters are stored as tensors and numbers for that reason).
 
 Sharded checkpoints (``ModelParallelStrategy``, a directory per checkpoint) are written by
-``torch.distributed.checkpoint`` and do not pass through this plugin.
+``torch.distributed.checkpoint``, not through this plugin; ``stare_lit.strategy.AtomicModelParallelStrategy``
+makes them atomic.
 """
 
 from __future__ import annotations

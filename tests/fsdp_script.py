@@ -27,7 +27,6 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.strategies import ModelParallelStrategy
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
@@ -38,6 +37,7 @@ from stare_lit.module import GRPOModule, LossSettings  # noqa: E402
 from stare_lit.policy import Policy  # noqa: E402
 from stare_lit.rewards import Reward  # noqa: E402
 from stare_lit.rollout import Rollout, Sampling  # noqa: E402
+from stare_lit.strategy import AtomicModelParallelStrategy  # noqa: E402
 
 PROMPTS = [f"{a}+{b}=" for a, b in [(123, 456), (234, 567), (345, 678), (456, 789),
                                     (567, 891), (678, 912), (789, 123), (891, 234),
@@ -161,11 +161,11 @@ def make_module(model_dir: str, max_new_tokens: int, group_size: int, beta: floa
 
 
 def make_trainer(devices: int, steps: int, root: Path, record: Record, ckpt: Path | None) -> L.Trainer:
-    strategy = (ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1,
-                                      process_group_backend="gloo") if devices > 1 else "auto")
+    strategy = (AtomicModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1,
+                                            process_group_backend="gloo") if devices > 1 else "auto")
     callbacks: list = [record]
-    if ckpt is not None:
-        callbacks.append(ModelCheckpoint(dirpath=ckpt, save_last=True, save_top_k=0, every_n_train_steps=steps))
+    if ckpt is not None:  # every step: the step-2 save replaces the step-1 one (the atomic swap)
+        callbacks.append(ModelCheckpoint(dirpath=ckpt, save_last=True, save_top_k=0, every_n_train_steps=1))
     return L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=steps, logger=False,
                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                      limit_val_batches=0, enable_checkpointing=ckpt is not None, default_root_dir=root,
@@ -190,6 +190,7 @@ def run(model_dir: str, out: str | None, devices: int = 2, steps: int = 2, promp
         saved = Path(ckpt) / "last.ckpt"
         result["checkpoint_is_dir"] = saved.is_dir()
         result["checkpoint_files"] = sorted(p.name for p in saved.iterdir()) if saved.is_dir() else []
+        result["checkpoint_dir"] = sorted(p.name for p in Path(ckpt).iterdir())  # no .tmp / .old left
         record.steps.clear()
         trainer = make_trainer(devices, steps + 1, root, record, None)
         trainer.fit(make_module(model_dir, max_new_tokens, group_size, beta, mixed_precision), datamodule=data,

@@ -121,3 +121,31 @@ def test_weights_only_refuses_pickled_code(tmp_path):
     with pytest.raises(ConfigError, match="weights_only"):
         AtomicCheckpointIO().load_checkpoint(tmp_path / "evil.ckpt")
     assert not marker.exists()
+
+
+def test_sharded_checkpoint_swap_keeps_the_previous_one_until_the_new_one_is_whole(tmp_path):
+    """AtomicModelParallelStrategy's last step, without processes: a save that died left a half-written
+    `.NAME.tmp` (the previous checkpoint is untouched); the next save replaces it and swaps in whole."""
+    from stare_lit.strategy import _remove, swap_in
+
+    path = tmp_path / "last.ckpt"
+    path.mkdir()
+    (path / "__0_0.distcp").write_text("step 1")
+    crashed = tmp_path / ".last.ckpt.tmp"
+    crashed.mkdir()
+    (crashed / "__0_0.distcp").write_text("half of step 2")
+    assert (path / "__0_0.distcp").read_text() == "step 1"  # what a resume after the crash reads
+
+    _remove(crashed)  # the next save starts by clearing what the crash left
+    crashed.mkdir()
+    (crashed / "__0_0.distcp").write_text("step 3")
+    swap_in(crashed, path)
+    assert (path / "__0_0.distcp").read_text() == "step 3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+    single = tmp_path / "file.ckpt"  # a single-file checkpoint at that name is replaced as well
+    single.write_text("file")
+    new = tmp_path / ".file.ckpt.tmp"
+    new.mkdir()
+    swap_in(new, single)
+    assert single.is_dir()

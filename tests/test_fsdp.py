@@ -79,6 +79,7 @@ def test_sharded_checkpoint_saves_and_resumes(two_ranks):
     assert two_ranks["checkpoint_is_dir"]
     files = two_ranks["checkpoint_files"]
     assert "meta.pt" in files and sum(f.endswith(".distcp") for f in files) == 2
+    assert two_ranks["checkpoint_dir"] == ["last.ckpt"]  # step 2's save swapped in whole over step 1's
     assert two_ranks["start_global_step"] == [0, 2]
     assert two_ranks["start_adam_steps"] == [0.0, 2.0]  # optimizer state came back
     assert two_ranks["start_checksums"][1] == pytest.approx(two_ranks["end_checksums"][0], rel=1e-12)

@@ -165,9 +165,7 @@ class GRPOModule(L.LightningModule):
     ) -> None:
         super().__init__()
         check(group_size >= 2, f"model.group_size must be >= 2 (GRPO compares samples of a prompt), got {group_size}")
-        check(len(rewards) >= 1, "model.rewards is empty; give at least one reward (class_path + init_args)")
-        check(reward_weights is None or len(reward_weights) == len(rewards),
-              f"model.reward_weights has {len(reward_weights or [])} values for {len(rewards)} rewards")
+        self.reward_runner = RewardRunner(rewards, reward_weights, scoring or Scoring())  # checks both
         check(updates_per_batch >= 1, f"model.updates_per_batch must be >= 1, got {updates_per_batch}")
         check(micro_batch_size is None or micro_batch_size >= 1, "model.micro_batch_size must be >= 1 or null")
         check(0 <= accuracy_reward < len(rewards), f"model.accuracy_reward must index model.rewards, got {accuracy_reward}")
@@ -176,9 +174,6 @@ class GRPOModule(L.LightningModule):
         check(max_nonfinite_steps >= 1, f"model.max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
         self.automatic_optimization = False
         self.policy = policy
-        self.rewards = rewards
-        self.reward_weights = reward_weights
-        self.reward_runner = RewardRunner(rewards, reward_weights, scoring or Scoring())
         self.scheme = scheme if scheme is not None else GRPO()
         check(not self.scheme.needs_whole_groups or micro_batch_size is None or micro_batch_size % group_size == 0,
               f"model.micro_batch_size must be a multiple of model.group_size ({group_size}) for "

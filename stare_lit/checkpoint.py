@@ -57,7 +57,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)  # atomic: readers see the old file or the new one
         finally:
             tmp.unlink(missing_ok=True)  # only left when the write failed
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         weights_only = self.weights_only if weights_only is None else weights_only
@@ -104,7 +104,7 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make the rename durable (POSIX); a no-op where directories cannot be opened (Windows)."""
     try:
         fd = os.open(folder, os.O_RDONLY)

@@ -21,7 +21,7 @@ from typing import Any
 
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from stare_lit.checkpoint import _fsync_dir
+from stare_lit.checkpoint import fsync_dir
 
 
 class AtomicModelParallelStrategy(ModelParallelStrategy):
@@ -49,7 +49,7 @@ def swap_in(new: Path, path: Path) -> None:
     if path.exists() or path.is_symlink():
         os.rename(path, old)
     os.rename(new, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     _remove(old)
 
 

@@ -1,0 +1,55 @@
+"""Unbiased pass@k (stare_lit.metrics.pass_at_k) against hand-computed values."""
+
+from math import comb
+
+import pytest
+
+from stare_lit.metrics import pass_at_k, pass_at_k_levels
+
+
+@pytest.mark.parametrize("n,c,k,expected", [
+    (4, 1, 1, 0.25),            # pass@1 = c/n
+    (4, 1, 2, 0.5),             # 1 − C(3,2)/C(4,2) = 1 − 3/6
+    (4, 2, 2, 1 - 1 / 6),       # 1 − C(2,2)/C(4,2)
+    (4, 0, 4, 0.0),             # nothing correct
+    (4, 1, 4, 1.0),             # every 4-subset holds the correct one
+    (16, 3, 4, 1 - comb(13, 4) / comb(16, 4)),
+    (5, 2, 3, 1 - 1 / 10),      # 1 − C(3,3)/C(5,3)
+])
+def test_pass_at_k_hand_values(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+
+
+def test_pass_at_1_is_the_mean_and_not_max_over_k():
+    assert pass_at_k(8, 3, 1) == pytest.approx(3 / 8)
+    # max over the first k samples would give 1 for [1, 0, 0, 0] at k=4 but 0 for [0, 0, 0, 1] at k=2;
+    # the estimator depends only on (n, c).
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError):
+        pass_at_k(4, 5, 1)
+    with pytest.raises(ValueError):
+        pass_at_k(4, 1, 5)
+
+
+def test_levels():
+    assert pass_at_k_levels(16) == [1, 2, 4, 8, 16]
+    assert pass_at_k_levels(12) == [1, 2, 4, 8, 12]
+    assert pass_at_k_levels(1) == [1]
+
+
+def test_sample_accuracy_by_hand():
+    from stare_lit.metrics import sample_accuracy
+
+    correct = [[True, False, True, True], [False, False, False, True]]
+    texts = [["a", "b", "a", "c"], ["x", "y", "z", "w"]]
+    out = sample_accuracy(correct, texts)
+    assert out["mean@4"] == pytest.approx(4 / 8)
+    assert out["pass@1"] == pytest.approx((3 / 4 + 1 / 4) / 2)
+    assert out["pass@2"] == pytest.approx((1.0 + 0.5) / 2)  # c=3: 1 − C(1,2)/C(4,2) = 1; c=1: 0.5
+    assert out["pass@4"] == pytest.approx(1.0)
+    assert out["distinct_correct"] == pytest.approx((2 + 1) / 2)  # {a, c} and {w}
+    with pytest.raises(ValueError):
+        sample_accuracy([[True], [True, False]])

@@ -4,6 +4,7 @@
     stare-lit fit --config ... --print_config                # the full, resolved config
     stare-lit warmstart [--help]                             # the offline default's warm start
     stare-lit compare [--help]                               # schemes × seeds → table and plots
+    stare-lit export --ckpt_path CKPT --out DIR              # checkpoint → Hugging Face model directory
 
 Bad settings end with one line naming the setting and the fix, not a traceback.
 """
@@ -20,6 +21,7 @@ from lightning.pytorch.cli import LightningCLI
 from stare_lit.checkpoint import check_checkpoint_file
 from stare_lit.compare import compare
 from stare_lit.errors import StareLitError
+from stare_lit.export import export
 from stare_lit.module import GRPOModule
 from stare_lit.warmstart import warmstart
 
@@ -66,6 +68,9 @@ def main(argv: list[str] | None = None) -> None:
             return
         if argv[:1] == ["compare"]:
             CLI(compare, args=argv[1:])
+            return
+        if argv[:1] == ["export"]:
+            CLI(export, args=argv[1:])
             return
         StareLitCLI(GRPOModule, L.LightningDataModule, subclass_mode_data=True, args=None if from_shell else argv,
                     save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False})

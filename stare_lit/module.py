@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import lightning as L
@@ -43,6 +44,7 @@ from stare_lit.advantages import AdvantageScale, equal_groups, group_advantages
 from stare_lit.distributed import all_reduce_sum, masked_mean
 from stare_lit.errors import ConfigError, NonFiniteError, check
 from stare_lit.logprobs import token_logprobs_and_entropy
+from stare_lit.lora import reference_model
 from stare_lit.loss import Aggregation, policy_loss
 from stare_lit.metrics import StepKeys
 from stare_lit.policy import Policy
@@ -224,9 +226,11 @@ class GRPOModule(L.LightningModule):
             return  # idempotent: Lightning may call it again (e.g. under FSDP)
         model = self.policy.build_model().train()  # from_pretrained hands it back in eval mode
         ref = None
-        if self.loss_settings.beta > 0 or self.scheme.needs_reference:
+        if self.needs_reference and self.policy.lora is None:  # with LoRA the frozen base is the reference
             ref = self.policy.build_model().eval().requires_grad_(False)
         if self.device_mesh is not None:
+            check(self.policy.lora is None, "model.policy.lora: LoRA adapters are not supported under "
+                                            "ModelParallelStrategy (FSDP2) yet; train them in one process")
             check(self.device_mesh["tensor_parallel"].size() == 1,
                   "trainer.strategy: ModelParallelStrategy needs tensor_parallel_size: 1 and data_parallel_size: "
                   "the number of processes (stare-lit shards with FSDP only)")
@@ -236,8 +240,12 @@ class GRPOModule(L.LightningModule):
         self.model = model
         self._ref_model[0] = ref
 
+    @property
+    def needs_reference(self) -> bool:
+        return self.loss_settings.beta > 0 or self.scheme.needs_reference
+
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.model.parameters())
+        optimizer = self.optimizer_factory([p for p in self.model.parameters() if p.requires_grad])  # LoRA: adapters only
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
@@ -303,10 +311,12 @@ class GRPOModule(L.LightningModule):
     @torch.no_grad()
     def reference_pass(self, rollout: Rollout) -> Tensor | None:
         """log π_ref of every completion token (N, T), or None without a reference model."""
-        if self._ref_model[0] is None:
+        if not self.needs_reference:
             return None
-        ref = torch.cat([self.token_logprobs(self._ref_model[0], rollout, rows)[0]
-                         for rows in self.micro_batches(rollout.input_ids.shape[0])])
+        ref_model = self._ref_model[0]  # None with LoRA: the policy with its adapters switched off
+        with reference_model(self.model) if ref_model is None else nullcontext(ref_model) as model:
+            ref = torch.cat([self.token_logprobs(model, rollout, rows)[0]
+                             for rows in self.micro_batches(rollout.input_ids.shape[0])])
         self.require_finite("log-probs of the reference model", ref, mask=rollout.completion_mask)
         return ref
 

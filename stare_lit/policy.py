@@ -27,6 +27,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from stare_lit.errors import ConfigError, check
+from stare_lit.lora import LoRA
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -47,6 +48,8 @@ class Policy:
         fsdp_mixed_precision: only when sharded (ModelParallelStrategy): all-gather and compute in
             bfloat16 while the sharded parameters, the optimizer state and the gradient reduction stay
             in ``dtype`` (keep dtype float32 for fp32 master weights). Off: everything in ``dtype``.
+        lora: train LoRA adapters on the frozen model instead of all its weights (stare_lit.lora.LoRA);
+            the frozen base is then also the reference model for β > 0.
     """
 
     name_or_path: str | None = None
@@ -58,6 +61,7 @@ class Policy:
     gradient_checkpointing: bool = False
     attn_implementation: str | None = None
     fsdp_mixed_precision: bool = False
+    lora: LoRA | None = None
 
     def __post_init__(self) -> None:
         check((self.name_or_path is None) != (self.config is None),
@@ -90,7 +94,9 @@ class Policy:
             model = AutoModelForCausalLM.from_pretrained(self.name_or_path, revision=self.revision, **kwargs)
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        return model
+            if self.lora is not None:  # frozen embeddings: checkpointed blocks still need an input that requires grad
+                model.enable_input_require_grads()
+        return self.lora.apply(model) if self.lora is not None else model
 
     def shard(self, model: PreTrainedModel, mesh) -> PreTrainedModel:
         """FSDP2 in place: ``fully_shard`` every decoder layer, then the root, over ``mesh`` (1-D).

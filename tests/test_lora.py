@@ -1,0 +1,81 @@
+"""LoRA adapters (model.policy.lora): only the adapters train and are optimised, and the frozen base,
+adapters off, is the reference model. Exact resume of a LoRA run: tests/test_resume.py."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from stare_lit.errors import ConfigError
+from stare_lit.lora import LoRA
+from stare_lit.module import GRPOModule, LossSettings
+from stare_lit.policy import Policy
+from stare_lit.rollout import Sampling
+from stare_lit.tasks.arithmetic import ArithmeticDataModule
+from tests.test_resume import DigitShare
+
+
+def lora_module(model_dir: str, beta: float = 0.0, **lora) -> GRPOModule:
+    policy = Policy(name_or_path=model_dir, lora=LoRA(rank=4, alpha=8.0, **lora))
+    return GRPOModule(policy=policy, rewards=[DigitShare()], group_size=4, sampling=Sampling(max_new_tokens=8),
+                      loss=LossSettings(beta=beta), optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2))
+
+
+def test_only_the_adapters_train_and_are_optimised(tiny_model_dir, tmp_path):
+    L.seed_everything(0)
+    module = lora_module(tiny_model_dir, beta=0.05)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=tmp_path)
+    module.configure_model()
+    before = {k: v.clone() for k, v in module.model.state_dict().items()}
+    trainer.fit(module, ArithmeticDataModule(batch_size=2, num_train_prompts=8, num_val_prompts=2))
+
+    assert module._ref_model[0] is None  # β > 0, yet no second model
+    named = dict(module.model.named_parameters())
+    trainable = {n for n, p in named.items() if p.requires_grad}
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    in_optimizer = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert in_optimizer == {id(named[n]) for n in trainable}
+    after = module.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".lora_" in k for k in changed)  # the base did not move; adapters did
+    assert any(".lora_B." in k for k in changed)  # B starts at 0: a B that moved is a real update
+
+
+def test_the_frozen_base_is_the_reference(tiny_model_dir):
+    torch.manual_seed(0)
+    module = lora_module(tiny_model_dir, beta=0.1, dropout=0.5)
+    module.configure_model()
+    with torch.no_grad():
+        for name, p in module.model.named_parameters():
+            if ".lora_B." in name:
+                p.normal_()  # adapters that change the output
+    rollout = module.rollout(["12+34=", "5+6="], 4, seed=1)
+    ref = module.reference_pass(rollout)
+    assert module.model.training  # back in train mode after the reference pass
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    expected, _ = module.token_logprobs(base, rollout, slice(None))
+    mask = rollout.completion_mask
+    assert torch.allclose(ref[mask], expected[mask], atol=1e-6)
+    module.model.eval()
+    policy, _ = module.token_logprobs(module.model, rollout, slice(None))
+    assert not torch.allclose(policy[mask], expected[mask], atol=1e-3)
+
+
+def test_lora_is_refused_under_fsdp(tiny_model_dir):
+    module = lora_module(tiny_model_dir)
+    module._device_mesh = object()  # what ModelParallelStrategy sets; the check comes before it is used
+    with pytest.raises(ConfigError, match="model.policy.lora: .*not supported under ModelParallelStrategy"):
+        module.configure_model()
+
+
+@pytest.mark.parametrize("settings, message", [({"rank": 0}, "rank must be >= 1"), ({"alpha": 0}, "alpha must be > 0"),
+                                               ({"dropout": 1.0}, "dropout must be in"),
+                                               ({"target_modules": []}, "target_modules")])
+def test_bad_lora_settings_name_the_setting(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        LoRA(**settings)

@@ -19,7 +19,9 @@ from lightning.pytorch.loggers import CSVLogger
 
 from callbacks import EntropyCollapseAlert, EntropyMonitor, EntropyReport
 from stare_lit.checkpoint import AtomicCheckpointIO
-from stare_lit.module import GRPOModule
+from stare_lit.lora import LoRA
+from stare_lit.module import GRPOModule, LossSettings
+from stare_lit.policy import Policy
 from stare_lit.rewards import Reward
 from stare_lit.rollout import Sampling
 from stare_lit.tasks.arithmetic import ArithmeticDataModule
@@ -36,10 +38,10 @@ class DigitShare(Reward):
         return [text.count("1") / max(len(text), 1) for text in completions]
 
 
-def train(policy, folder, max_steps: int, ckpt_path=None, accelerator: str = "cpu"):
+def train(policy, folder, max_steps: int, ckpt_path=None, accelerator: str = "cpu", loss: LossSettings | None = None):
     L.seed_everything(0)
     module = GRPOModule(
-        policy=policy, rewards=[DigitShare()], group_size=4, sampling=Sampling(max_new_tokens=8), val_samples=2,
+        policy=policy, rewards=[DigitShare()], group_size=4, sampling=Sampling(max_new_tokens=8), val_samples=2, loss=loss,
         scheme=STARE(target_entropy=100.0, top_ratio=0.5, adaptive=True, alpha=0.05),  # gate open: W/M move
         optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5))
@@ -62,7 +64,6 @@ def train(policy, folder, max_steps: int, ckpt_path=None, accelerator: str = "cp
 @pytest.fixture(scope="module", params=ACCELERATORS)
 def uninterrupted(request, tmp_path_factory, tokenizer_dir):
     from tests.conftest import tiny_config
-    from stare_lit.policy import Policy
 
     folder = tmp_path_factory.mktemp("uninterrupted")
     policy = Policy(config=tiny_config(), tokenizer=tokenizer_dir)
@@ -79,12 +80,28 @@ def by_step(metrics: pd.DataFrame, after: int) -> pd.DataFrame:
 
 @pytest.mark.parametrize("stop_at", [3, 4], ids=["epoch-boundary", "mid-epoch"])
 def test_resumed_run_matches_the_uninterrupted_run(uninterrupted, stop_at, tmp_path):
-    policy, accelerator, (_, full_module, full_callbacks, full_metrics) = uninterrupted
+    policy, accelerator, full = uninterrupted
+    assert_resume_is_exact(policy, accelerator, full, stop_at, tmp_path)
+
+
+def test_resumed_lora_run_matches_the_uninterrupted_run(tiny_model_dir, tmp_path):
+    """LoRA adapters (with dropout, and β > 0: the base, adapters off, is the reference) resume exactly."""
+    policy = Policy(name_or_path=tiny_model_dir, lora=LoRA(rank=4, alpha=8.0, dropout=0.1))
+    loss = LossSettings(beta=0.05)
+    full = train(policy, tmp_path / "full", STEPS, loss=loss)
+    assert all(".lora_" in k for k, p in full[1].model.named_parameters() if p.requires_grad)
+    saved = torch.load(tmp_path / "full" / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
+    assert any(".lora_B." in k for k in saved)  # the checkpoint holds the adapters
+    assert_resume_is_exact(policy, "cpu", full, 4, tmp_path, loss=loss)
+
+
+def assert_resume_is_exact(policy, accelerator, full, stop_at: int, tmp_path, loss=None) -> None:
+    _, full_module, full_callbacks, full_metrics = full
     # The interrupted run: stops at step k (as a killed job would after its step-k checkpoint) ...
-    train(policy, tmp_path / "first", stop_at, accelerator=accelerator)
+    train(policy, tmp_path / "first", stop_at, accelerator=accelerator, loss=loss)
     # ... and is resumed from its last.ckpt to the end.
     _, module, callbacks, metrics = train(policy, tmp_path / "second", STEPS, accelerator=accelerator,
-                                          ckpt_path=tmp_path / "first" / "ckpt" / "last.ckpt")
+                                          ckpt_path=tmp_path / "first" / "ckpt" / "last.ckpt", loss=loss)
 
     expected, got = by_step(full_metrics, stop_at), by_step(metrics, stop_at)
     assert list(got.index) == list(expected.index) == list(range(stop_at, STEPS))

@@ -15,6 +15,7 @@ base model).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -103,7 +104,9 @@ def read_policy_state(path: Path, template: dict[str, torch.Tensor]) -> dict[str
         from torch.distributed.checkpoint import load
 
         wanted = {PREFIX + k: v.detach().clone() for k, v in template.items()}
-        load({"state_dict": wanted}, checkpoint_id=path, no_dist=True)
+        with warnings.catch_warnings():  # "torch.distributed is ... uninitialized, assuming ... a single process": yes
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+            load({"state_dict": wanted}, checkpoint_id=path, no_dist=True)
         return {k[len(PREFIX):]: v for k, v in wanted.items()}
     state = AtomicCheckpointIO(weights_only=True).load_checkpoint(path)["state_dict"]
     return {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}

@@ -43,6 +43,8 @@ PROMPTS = [f"{a}+{b}=" for a, b in [(123, 456), (234, 567), (345, 678), (456, 78
                                     (567, 891), (678, 912), (789, 123), (891, 234),
                                     (912, 345), (135, 246), (246, 357), (357, 468)]]
 
+PROBE_IDS = [4, 5, 13, 6, 7, 14]  # "12+34=" in the character tokenizer
+
 
 class DigitShare(Reward):
     """Share of the completion's characters that are digits: varies across samples of a random model."""
@@ -117,6 +119,9 @@ class Record(Callback):
 
     def on_train_end(self, trainer, module):
         self.info.setdefault("end_checksums", []).append(checksum(module))
+        with torch.no_grad():  # every rank: the sharded forward all-gathers (compared with the exported model)
+            logits = module.model(input_ids=torch.tensor([PROBE_IDS], device=module.device)).logits
+        self.info.setdefault("end_logits", []).append(logits.double().cpu().tolist())
 
 
 def checksum(module) -> float:

@@ -48,7 +48,7 @@ def launch(model_dir: str, out: Path, *args: str, timeout: float = 240) -> dict:
 @pytest.fixture(scope="module")
 def two_ranks(tiny_model_dir, tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("fsdp")
-    return launch(tiny_model_dir, tmp / "two.json", "--ckpt", str(tmp / "ckpt"))
+    return launch(tiny_model_dir, tmp / "two.json", "--ckpt", str(tmp / "ckpt")) | {"ckpt": str(tmp / "ckpt")}
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,28 @@ def test_sharded_checkpoint_saves_and_resumes(two_ranks):
     assert two_ranks["start_adam_steps"] == [0.0, 2.0]  # optimizer state came back
     assert two_ranks["start_checksums"][1] == pytest.approx(two_ranks["end_checksums"][0], rel=1e-12)
     assert two_ranks["resumed_global_step"] == 3 and len(two_ranks["resumed_steps"]) == 1
+
+
+def test_sharded_checkpoint_exports(two_ranks, tiny_model_dir, tmp_path):
+    """`stare-lit export` reads the 2-rank sharded checkpoint in one process: the weights and logits of step 2."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from stare_lit.cli import main
+    from tests.fsdp_script import PROBE_IDS
+
+    fit_config = tmp_path / "fit.yaml"  # the script trains without LightningCLI: no config.yaml to find
+    fit_config.write_text(f"model:\n  policy:\n    name_or_path: {tiny_model_dir}\n")
+    main(["export", "--ckpt_path", str(Path(two_ranks["ckpt"]) / "last.ckpt"), "--out", str(tmp_path / "hf"),
+          "--fit_config", str(fit_config)])
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        logits = exported(input_ids=torch.tensor([PROBE_IDS])).logits.double()
+    assert torch.allclose(logits, torch.tensor(two_ranks["end_logits"][0], dtype=torch.float64), rtol=0, atol=1e-5)
+    checksum = sum(float((p.detach().double().flatten() * torch.linspace(0.5, 1.5, p.numel(), dtype=torch.float64)).sum())
+                   for p in exported.parameters())  # as fsdp_script.checksum, over the same parameters
+    assert checksum == pytest.approx(two_ranks["end_checksums"][0], rel=1e-12)
+    assert checksum != pytest.approx(two_ranks["start_checksums"][0], rel=1e-9)  # trained weights, not the start
 
 
 def test_bf16_mixed_precision_runs_sharded(tiny_model_dir, tmp_path, one_process):

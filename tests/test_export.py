@@ -87,3 +87,15 @@ def test_export_errors_name_the_fix(tiny_model_dir, tmp_path, capsys):
     out = run_main(["export", "--ckpt_path", str(tmp_path / "nothing.ckpt"), "--out", str(tmp_path / "x")], capsys)
     assert "ckpt_path: " in out and "is not a checkpoint" in out
 
+
+
+def test_export_at_fit_end_matches_the_last_checkpoint(tiny_model_dir, tmp_path):
+    """callbacks.ExportAtFitEnd writes the final weights; here the last checkpoint is of the same step."""
+    callback = "[{class_path: callbacks.ExportAtFitEnd, init_args: {out: %s}}, " % (tmp_path / "hf") + \
+               "{class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: {save_last: true}}]"
+    ckpt = fit(tiny_model_dir, tmp_path / "run", "--model.policy.lora", "{rank: 4, alpha: 8.0}",
+               "--trainer.callbacks", callback)
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    from_checkpoint, _ = load_policy_from_checkpoint(str(ckpt))  # merged the same way
+    assert torch.equal(logits(exported, tokenizer), logits(from_checkpoint, tokenizer))

@@ -93,9 +93,7 @@ class Policy:
         else:
             model = AutoModelForCausalLM.from_pretrained(self.name_or_path, revision=self.revision, **kwargs)
         if self.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-            if self.lora is not None:  # frozen embeddings: checkpointed blocks still need an input that requires grad
-                model.enable_input_require_grads()
+            model.gradient_checkpointing_enable()  # before LoRA: peft then makes the frozen embeddings' output require grad
         return self.lora.apply(model) if self.lora is not None else model
 
     def shard(self, model: PreTrainedModel, mesh) -> PreTrainedModel:

@@ -79,3 +79,13 @@ def test_lora_is_refused_under_fsdp(tiny_model_dir):
 def test_bad_lora_settings_name_the_setting(settings, message):
     with pytest.raises(ConfigError, match=message):
         LoRA(**settings)
+
+
+def test_adapters_get_gradients_under_gradient_checkpointing(tiny_model_dir):
+    """Frozen embeddings give the checkpointed blocks an input without grad; the adapters must still learn."""
+    model = Policy(name_or_path=tiny_model_dir, gradient_checkpointing=True, lora=LoRA(rank=4)).build_model().train()
+    ids = torch.tensor([[4, 5, 13, 6, 7, 14]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert grads and all(g is not None for g in grads.values())
+    assert all(g.abs().sum() > 0 for n, g in grads.items() if ".lora_B." in n)  # (A starts with 0 grad: B = 0)

@@ -1,7 +1,7 @@
 """``stare-lit export``: a training checkpoint → a Hugging Face model directory.
 
     stare-lit export --ckpt_path runs/arithmetic_stare/version_0/checkpoints/last.ckpt --out exported/
-    stare-lit export --ckpt_path .../last.ckpt --out adapter/ --adapter_only     # LoRA runs: the PEFT adapter
+    stare-lit export --ckpt_path .../last.ckpt --out adapter/ --adapter_only true   # LoRA: the PEFT adapter
 
 The checkpoint is a single ``.ckpt`` file or a sharded checkpoint's directory (FSDP2,
 ``ModelParallelStrategy``); both are read in one process, without a process group, with

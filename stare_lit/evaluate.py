@@ -2,9 +2,10 @@
 
     stare-lit evaluate --model artifacts/arith-warmstart --n 16                      # the warm start
     stare-lit evaluate --ckpt_path runs/arithmetic_stare/checkpoints/last.ckpt --n 16 # a trained policy
+    stare-lit evaluate --run_config my_run.yaml --model Qwen/Qwen2.5-Math-1.5B --n 8  # another task and model
     stare-lit evaluate --help                                                         # every setting
 
-The run's config (``--config``, a ``stare-lit fit`` YAML) says how prompts are formatted, sampled
+The run's config (``--run_config``, a ``stare-lit fit`` YAML) says how prompts are formatted, sampled
 and scored: ``model.policy``, ``model.rewards``, ``model.scoring``, ``model.sampling``,
 ``model.chat_template``, ``model.accuracy_reward`` and ``data`` (any DataModule by class_path).
 Sampling and scoring go through the training code itself — ``GRPOModule.rollout`` and
@@ -43,7 +44,7 @@ Split = Literal["validation", "test", "train"]
 
 
 def evaluate(
-    config: str = "configs/arithmetic_stare.yaml",
+    run_config: str = "configs/arithmetic_stare.yaml",
     model: str | None = None,
     ckpt_path: str | None = None,
     data: str | None = None,
@@ -61,11 +62,11 @@ def evaluate(
     """Sample n completions per prompt, score them with the run's rewards, write results and a summary.
 
     Args:
-        config: the run's ``stare-lit fit`` YAML (for a checkpoint, the ``config.yaml`` its run saved):
+        run_config: the run's ``stare-lit fit`` YAML (for a checkpoint, the ``config.yaml`` its run saved):
             its model.policy, rewards, scoring, sampling, chat template and data are used.
         model: a Hugging Face model name or directory (e.g. artifacts/arith-warmstart, or what
             ``stare-lit export`` writes) instead of the config's model.policy.name_or_path.
-        ckpt_path: a single-file Lightning checkpoint of a run of ``config``; its weights replace the
+        ckpt_path: a single-file Lightning checkpoint of a run of ``run_config``; its weights replace the
             policy's. A sharded checkpoint (a directory): ``stare-lit export`` it, then pass --model.
         data: a YAML file whose ``data:`` (a DataModule by class_path and init_args) replaces the config's.
         split: which of the DataModule's loaders gives the prompts: validation (val_dataloader, the
@@ -89,7 +90,7 @@ def evaluate(
     check(max_prompts is None or max_prompts >= 1, f"evaluate --max_prompts must be >= 1, got {max_prompts}")
     start = time.perf_counter()
     sampling = {"temperature": temperature or None, "top_p": top_p, "top_k": top_k, "max_new_tokens": max_new_tokens}
-    module, datamodule = build_from_config(config, model, data, {k: v for k, v in sampling.items() if v is not None})
+    module, datamodule = build_from_config(run_config, model, data, {k: v for k, v in sampling.items() if v is not None})
     torch.manual_seed(seed)  # a policy built from a config gets the same random weights every time
     module.configure_model()
     if ckpt_path is not None:
@@ -103,7 +104,7 @@ def evaluate(
         module.reward_runner.close()
     check(len(rows) > 0, f"evaluate: the {split} split of the data gave no prompts")
     summary = summarise(rows, n)
-    settings = {"config": config, "model": model or module.policy.name_or_path, "ckpt_path": ckpt_path,
+    settings = {"run_config": run_config, "model": model or module.policy.name_or_path, "ckpt_path": ckpt_path,
                 "split": split, "seed": seed, **{k: v for k, v in vars(module.sampling).items() if k != "seed"}}
     out = write_results(Path(out_dir), rows, summary, settings)
     print(f"evaluated {len(rows)} prompts x {n} samples in {time.perf_counter() - start:.0f}s: "
@@ -113,12 +114,12 @@ def evaluate(
 
 
 # ---------------------------------------------------------------- building from the run's config
-def build_from_config(config: str, model: str | None, data: str | None,
+def build_from_config(run_config: str, model: str | None, data: str | None,
                       sampling: dict) -> tuple[GRPOModule, L.LightningDataModule]:
     """The run's GRPOModule (not yet built) and DataModule, parsed as ``stare-lit fit`` parses them."""
-    settings = _read_yaml(config, "config")
+    settings = _read_yaml(run_config, "run_config")
     check("model" in settings and "data" in settings,
-          f"evaluate --config: {config} needs model: and data: sections (a stare-lit fit config)")
+          f"evaluate --run_config: {run_config} needs model: and data: sections (a stare-lit fit config)")
     if data is not None:
         extra = _read_yaml(data, "data")
         check("data" in extra, f"evaluate --data: {data} needs a data: section (class_path, init_args)")

@@ -43,7 +43,7 @@ def read_summary(out: Path) -> dict[str, float]:
 
 
 def test_pass_at_k_matches_hand_computed_values(tiny_model_dir, tmp_path):
-    out = evaluate(config=write_config(tmp_path, tiny_model_dir), n=N, out_dir=str(tmp_path / "out"))
+    out = evaluate(run_config=write_config(tmp_path, tiny_model_dir), n=N, out_dir=str(tmp_path / "out"))
     summary = read_summary(out)
     for key, value in EXPECTED.items():
         assert summary[key] == pytest.approx(value, abs=1e-6), key
@@ -63,7 +63,7 @@ def test_pass_at_k_matches_hand_computed_values(tiny_model_dir, tmp_path):
 
 def test_same_seed_same_files_other_seed_other_samples(tiny_model_dir, tmp_path):
     config = write_config(tmp_path, tiny_model_dir)
-    runs = [evaluate(config=config, n=N, seed=s, max_prompts=3, out_dir=str(tmp_path / f"run{i}"))
+    runs = [evaluate(run_config=config, n=N, seed=s, max_prompts=3, out_dir=str(tmp_path / f"run{i}"))
             for i, s in enumerate([7, 7, 8])]
     for name in ("results.jsonl", "summary.md", "summary.csv"):
         assert (runs[0] / name).read_bytes() == (runs[1] / name).read_bytes(), name
@@ -81,9 +81,9 @@ def test_checkpoint_weights_replace_the_policy(tiny_model_dir, tmp_path):
     ckpt = tmp_path / "last.ckpt"
     torch.save({"state_dict": {f"model.{k}": v for k, v in other.state_dict().items()}}, ckpt)
     config = write_config(tmp_path, tiny_model_dir)
-    from_ckpt = evaluate(config=config, ckpt_path=str(ckpt), n=N, out_dir=str(tmp_path / "a"))
-    from_dir = evaluate(config=config, model=str(other_dir), n=N, out_dir=str(tmp_path / "b"))
-    base = evaluate(config=config, n=N, out_dir=str(tmp_path / "c"))
+    from_ckpt = evaluate(run_config=config, ckpt_path=str(ckpt), n=N, out_dir=str(tmp_path / "a"))
+    from_dir = evaluate(run_config=config, model=str(other_dir), n=N, out_dir=str(tmp_path / "b"))
+    base = evaluate(run_config=config, n=N, out_dir=str(tmp_path / "c"))
     assert (from_ckpt / "results.jsonl").read_text() == (from_dir / "results.jsonl").read_text()
     assert (from_ckpt / "results.jsonl").read_text() != (base / "results.jsonl").read_text()
 
@@ -91,12 +91,12 @@ def test_checkpoint_weights_replace_the_policy(tiny_model_dir, tmp_path):
 def test_bad_settings_get_one_clear_error(tiny_model_dir, tmp_path):
     config = write_config(tmp_path, tiny_model_dir)
     with pytest.raises(ConfigError, match="--n must be >= 1"):
-        evaluate(config=config, n=0)
+        evaluate(run_config=config, n=0)
     with pytest.raises(ConfigError, match="greedy"):
-        evaluate(config=config, n=2, temperature=0)
+        evaluate(run_config=config, n=2, temperature=0)
     with pytest.raises(ConfigError, match="sharded checkpoint"):
-        evaluate(config=config, ckpt_path=str(tmp_path))
+        evaluate(run_config=config, ckpt_path=str(tmp_path))
     with pytest.raises(ConfigError, match="has no test_dataloader"):
-        evaluate(config=config, split="test", out_dir=str(tmp_path / "x"))
+        evaluate(run_config=config, split="test", out_dir=str(tmp_path / "x"))
     with pytest.raises(ConfigError, match="not a file"):
-        evaluate(config=str(tmp_path / "missing.yaml"))
+        evaluate(run_config=str(tmp_path / "missing.yaml"))

@@ -26,6 +26,7 @@ from jsonargparse import CLI, ArgumentError
 from lightning.pytorch.cli import LightningCLI
 
 from stare_lit.checkpoint import check_checkpoint_file
+from stare_lit.console import quiet_lightning, use_step_progress_bar
 from stare_lit.errors import StareLitError
 from stare_lit.module import GRPOModule
 
@@ -63,6 +64,11 @@ class StareLitCLI(LightningCLI):
         if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
             check_checkpoint_file(ckpt_path)
 
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        use_step_progress_bar(trainer)  # "Step k/max_steps", not "Epoch 0/-2"
+        return trainer
+
     def after_fit(self) -> None:
         trainer = self.trainer
         log_dir = trainer.log_dir  # a collective under multi-process strategies: every rank must ask
@@ -88,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"stare-lit: error: unknown command {argv[0]!r}; the commands are {', '.join(COMMANDS)} "
                  "(stare-lit --help)")
     target = COMMANDS[argv[0]][0]
+    quiet_lightning()
     try:
         if target != LIGHTNING:
             CLI(command_function(argv[0], target), args=argv[1:], prog=f"stare-lit {argv[0]}")

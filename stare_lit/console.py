@@ -21,15 +21,14 @@ def quiet_lightning() -> None:
     # which exact resume continues from (tests/test_resume.py). Nothing to fix, so nothing to say.
     warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization and every_n_train_steps",
                             category=UserWarning, module=r"lightning\.pytorch\.")
-    # "`weights_only` was not set, defaulting to `False`" (INFO from Lightning's checkpoint save): here
-    # weights_only means "weights without optimizer and callback states" — a full checkpoint, which
-    # resume needs. It is not torch.load's flag: checkpoints still load with torch.load(weights_only=True)
-    # (stare_lit.checkpoint.AtomicCheckpointIO).
-    _drop_log_message("lightning.pytorch.trainer.connectors.checkpoint_connector", "`weights_only` was not set")
-    # transformers registers its ModelOutput classes with torch's private pytree API; torch ≥ 2.12
-    # deprecates that call. It is transformers' own code (fixed upstream), harmless, and not ours to fix.
-    warnings.filterwarnings("ignore", message=r".*_register_pytree_node.* is deprecated", category=FutureWarning,
-                            module=r"transformers\.")
+    # An advertisement for Lightning's cloud logger, printed by every Trainer that has none: says nothing
+    # about the run.
+    _drop_log_message("lightning.pytorch.utilities.rank_zero", "💡 Tip: For seamless cloud logging")
+    # Lightning's copy of torch's tree_flatten (lightning/pytorch/utilities/_pytree.py) builds
+    # torch.utils._pytree.LeafSpec, which torch 2.13 marks deprecated (a FutureWarning at every
+    # construction, attributed to Lightning's file). Lightning's code, harmless; a Lightning release fixes it.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
 
 
 class _DropMessage(logging.Filter):

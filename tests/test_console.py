@@ -32,7 +32,10 @@ def test_only_the_named_messages_from_their_modules_are_dropped():
     assert shown(MANUAL_OPT, "my_training_script")  # the same words from a user's code still show
     assert shown("The 'train_dataloader' does not have many workers", "lightning.pytorch.trainer.connectors.data_connector")
     assert shown("my reward returned None for half the batch", "my_rewards")
-    assert shown("some other deprecation", "transformers.utils.generic", FutureWarning)
+    leaf = "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec) and treespec.is_leaf()`"
+    assert not shown(leaf, "lightning.pytorch.utilities._pytree", FutureWarning)
+    assert shown(leaf, "my_training_script", FutureWarning)
+    assert shown("some other deprecation", "lightning.pytorch.utilities._pytree", FutureWarning)
 
 
 class Warns(Callback):

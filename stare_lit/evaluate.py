@@ -1,7 +1,7 @@
 """``stare-lit evaluate``: n samples per prompt from a policy, scored by a run's rewards, one table.
 
     stare-lit evaluate --model artifacts/arith-warmstart --n 16                      # the warm start
-    stare-lit evaluate --ckpt_path runs/arithmetic_stare/checkpoints/last.ckpt --n 16 # a trained policy
+    stare-lit evaluate --ckpt_path runs/arithmetic_stare/version_0/checkpoints/last.ckpt --n 16 # a trained policy
     stare-lit evaluate --run_config my_run.yaml --model Qwen/Qwen2.5-Math-1.5B --n 8  # another task and model
     stare-lit evaluate --help                                                         # every setting
 

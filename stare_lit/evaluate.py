@@ -89,6 +89,7 @@ def evaluate(
     check(temperature != 0 or n == 1, "evaluate --temperature 0 (greedy) gives n identical samples; use --n 1")
     check(max_prompts is None or max_prompts >= 1, f"evaluate --max_prompts must be >= 1, got {max_prompts}")
     start = time.perf_counter()
+    # temperature 0 is greedy decoding, which ignores the temperature (Sampling requires one > 0)
     sampling = {"temperature": temperature or None, "top_p": top_p, "top_k": top_k, "max_new_tokens": max_new_tokens}
     module, datamodule = build_from_config(run_config, model, data, {k: v for k, v in sampling.items() if v is not None})
     torch.manual_seed(seed)  # a policy built from a config gets the same random weights every time
@@ -125,11 +126,8 @@ def build_from_config(run_config: str, model: str | None, data: str | None,
         check("data" in extra, f"evaluate --data: {data} needs a data: section (class_path, init_args)")
         settings["data"] = extra["data"]
     model_cfg = settings["model"]
-    if model is not None:  # the policy's other settings (dtype, tokenizer, ...) stay the config's
-        policy = dict(model_cfg.get("policy") or {})
-        policy.pop("config", None)
-        if policy.get("tokenizer") and "config" in (model_cfg.get("policy") or {}):
-            policy.pop("tokenizer")  # the tokenizer of a from-config policy; a model directory brings its own
+    if model is not None:  # a model name or directory brings its own tokenizer; dtype etc. stay the config's
+        policy = {k: v for k, v in (model_cfg.get("policy") or {}).items() if k not in ("config", "tokenizer")}
         model_cfg["policy"] = {**policy, "name_or_path": model}
     model_cfg["sampling"] = {**(model_cfg.get("sampling") or {}), **sampling}
     parser = ArgumentParser(exit_on_error=False)

@@ -162,7 +162,7 @@ def fake_trainer(batches_done: int = 0, global_step: int = 0, should_update_logs
         should_stop=False,
         log_dir=str(tmp_path) if tmp_path else None,
         default_root_dir=str(tmp_path) if tmp_path else ".",
-        save_checkpoint=lambda path: saved.append(path),
+        save_checkpoint=lambda path, weights_only=None: saved.append(path),
         saved=saved,
     )
     return trainer

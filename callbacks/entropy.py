@@ -579,7 +579,9 @@ class EntropyCollapseAlert(pl.Callback):
         if "checkpoint" in actions:
             folder = self.dirpath or trainer.log_dir or trainer.default_root_dir  # log_dir is collective
             path = os.path.join(folder, f"entropy-{kind}-step{trainer.global_step}.ckpt")
-            trainer.save_checkpoint(path)
+            # weights_only=False: a full checkpoint (optimizer, callbacks), one a run can resume from; said
+            # explicitly, or Lightning logs "`weights_only` was not set, defaulting to `False`".
+            trainer.save_checkpoint(path, weights_only=False)
             done.append(f"Saved {path}")
         if "stop" in actions:
             trainer.should_stop = True

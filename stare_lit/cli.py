@@ -1,17 +1,24 @@
 """``stare-lit``: the command line.
 
-    stare-lit fit --config configs/arithmetic_stare.yaml     # train (LightningCLI: fit, validate, ...)
+    stare-lit --help                                         # every command, one line each
+    stare-lit fit --config configs/arithmetic_stare.yaml     # train (LightningCLI: fit, validate)
     stare-lit fit --config ... --print_config                # the full, resolved config
     stare-lit warmstart [--help]                             # the offline default's warm start
+    stare-lit evaluate [--help]                              # n samples per prompt → pass@k table
+    stare-lit export [--help]                                # a checkpoint → a Hugging Face model directory
     stare-lit compare [--help]                               # schemes × seeds → table and plots
-    stare-lit export --ckpt_path CKPT --out DIR              # checkpoint → Hugging Face model directory
+
+``COMMANDS`` is the registry: a command is a plain function (its signature is its settings, its
+docstring its ``--help``, run by jsonargparse) imported only when called, or Lightning's own.
 
 Bad settings end with one line naming the setting and the fix, not a traceback.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
+import textwrap
 from pathlib import Path
 
 import lightning as L
@@ -19,11 +26,24 @@ from jsonargparse import CLI, ArgumentError
 from lightning.pytorch.cli import LightningCLI
 
 from stare_lit.checkpoint import check_checkpoint_file
-from stare_lit.compare import compare
+from stare_lit.console import quiet_lightning, use_step_progress_bar
 from stare_lit.errors import StareLitError
-from stare_lit.export import export
 from stare_lit.module import GRPOModule
-from stare_lit.warmstart import warmstart
+
+DESCRIPTION = ("stare-lit: reinforcement learning with verifiable rewards for Hugging Face language models on "
+               "Lightning: GRPO with token-level entropy control (STARE, STEER, ERPO, clip-cov, ...).")
+LIGHTNING = "lightning"  # the target of commands that LightningCLI runs
+#: name -> (target, one-line summary); a target "module:function" is imported when the command runs.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "fit": (LIGHTNING, "train a policy from a YAML config (--config configs/arithmetic_stare.yaml)"),
+    "validate": (LIGHTNING, "run the validation loop (mean@k, pass@k) of a config, e.g. on --ckpt_path"),
+    "evaluate": ("stare_lit.evaluate:evaluate", "sample n completions per prompt from a model or checkpoint; "
+                                                 "write pass@k, mean@n and per-prompt results"),
+    "export": ("stare_lit.export:export", "turn a checkpoint into a Hugging Face model directory"),
+    "warmstart": ("stare_lit.warmstart:warmstart", "train the offline default's tiny policy "
+                                                   "(artifacts/arith-warmstart)"),
+    "compare": ("stare_lit.compare:compare", "train several schemes x seeds; one table and curves"),
+}
 
 
 class StareLitCLI(LightningCLI):
@@ -44,6 +64,11 @@ class StareLitCLI(LightningCLI):
         if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
             check_checkpoint_file(ckpt_path)
 
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        use_step_progress_bar(trainer)  # "Step k/max_steps", not "Epoch 0/-2"
+        return trainer
+
     def after_fit(self) -> None:
         trainer = self.trainer
         log_dir = trainer.log_dir  # a collective under multi-process strategies: every rank must ask
@@ -62,15 +87,17 @@ class StareLitCLI(LightningCLI):
 def main(argv: list[str] | None = None) -> None:
     from_shell = argv is None  # LightningCLI warns when given args that merely repeat sys.argv
     argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return
+    if argv[0] not in COMMANDS:
+        sys.exit(f"stare-lit: error: unknown command {argv[0]!r}; the commands are {', '.join(COMMANDS)} "
+                 "(stare-lit --help)")
+    target = COMMANDS[argv[0]][0]
+    quiet_lightning()
     try:
-        if argv[:1] == ["warmstart"]:
-            CLI(warmstart, args=argv[1:])
-            return
-        if argv[:1] == ["compare"]:
-            CLI(compare, args=argv[1:])
-            return
-        if argv[:1] == ["export"]:
-            CLI(export, args=argv[1:])
+        if target != LIGHTNING:
+            CLI(command_function(argv[0], target), args=argv[1:], prog=f"stare-lit {argv[0]}")
             return
         StareLitCLI(GRPOModule, L.LightningDataModule, subclass_mode_data=True, args=None if from_shell else argv,
                     save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False})
@@ -82,6 +109,27 @@ def main(argv: list[str] | None = None) -> None:
         if cause is None:
             raise
         sys.exit(f"stare-lit: error: {cause}")
+
+
+def usage() -> str:
+    """What ``stare-lit --help`` prints: what stare-lit is, then every command with its summary."""
+    width = max(map(len, COMMANDS)) + 2
+    lines = ["usage: stare-lit COMMAND [--help] [settings]", "", textwrap.fill(DESCRIPTION, 100), "", "commands:"]
+    lines += [f"  {name:<{width}}{summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", "Every command's settings: stare-lit COMMAND --help"]
+    return "\n".join(lines)
+
+
+def command_function(name: str, target: str):
+    """The function behind a command, imported now (so --help and the other commands never pay for it)."""
+    module_name, function = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name != module_name:
+            raise  # a dependency of the command is missing: the real error
+        sys.exit(f"stare-lit: error: the {name} command is not in this installation ({module_name} is missing)")
+    return getattr(module, function)
 
 
 def _user_error(err: BaseException | None) -> BaseException | None:

@@ -501,7 +501,7 @@ class GRPOModule(L.LightningModule):
         folder = (callback.dirpath if callback is not None and callback.dirpath
                   else os.path.join(trainer.log_dir or trainer.default_root_dir, "checkpoints"))  # collective
         path = os.path.join(folder, f"last-good-step={self.global_step}.ckpt")
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # full, to resume from; explicit, or Lightning logs its default
         raise NonFiniteError(
             f"{self.nonfinite_in_a_row} steps in a row had non-finite {fault.what} (the last at step "
             f"{self.global_step}); stopped. The last good state is in {path} (the skipped steps changed "

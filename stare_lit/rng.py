@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-#: Streams of :func:`stream_seed`: training rollouts and validation rollouts never share a seed.
-TRAIN, VALIDATION = 0, 1
+#: Streams of :func:`stream_seed`: training, validation and ``stare-lit evaluate`` rollouts never share a seed.
+TRAIN, VALIDATION, EVALUATION = 0, 1, 2
 
 
 def stream_seed(*parts: int) -> int:

@@ -1,5 +1,7 @@
 """Small plug-ins the tests pick by class_path, as a user would pick their own."""
 
+from lightning.pytorch import LightningDataModule
+
 from stare_lit.rewards import Reward
 
 
@@ -76,3 +78,37 @@ class UnloadableReward(Reward):
 
 def _refuse_to_load():
     raise ModuleNotFoundError("No module named 'my_training_script'")
+
+
+class FirstCorrect(Reward):
+    """Marks the first ``c`` of every prompt's ``n`` samples correct, ``c`` read from the row's column.
+
+    Rows reach a reward prompt-major (sample i of prompt g is row g*n + i), so the correctness of
+    every sample is known in advance: evaluation tests compare pass@k against hand-computed values.
+    """
+
+    def __init__(self, n: int, name=None):
+        super().__init__(name)
+        self.n = n
+
+    def __call__(self, prompts, completions, **columns):
+        return [1.0 if i % self.n < c else 0.0 for i, c in enumerate(columns["c"])]
+
+
+
+class RowsDataModule(LightningDataModule):
+    """A DataModule (picked by class_path) whose validation split is ``rows``, in order.
+
+    Args:
+        rows: prompt rows, each a dict with a "prompt" and any other columns.
+        batch_size: prompts per validation batch.
+    """
+
+    def __init__(self, rows: list[dict], batch_size: int = 2):
+        super().__init__()
+        self.rows, self.batch_size = rows, batch_size
+
+    def val_dataloader(self):
+        from stare_lit.data import val_loader
+
+        return val_loader(self.rows, self.batch_size)

@@ -162,7 +162,7 @@ def fake_trainer(batches_done: int = 0, global_step: int = 0, should_update_logs
         should_stop=False,
         log_dir=str(tmp_path) if tmp_path else None,
         default_root_dir=str(tmp_path) if tmp_path else ".",
-        save_checkpoint=lambda path: saved.append(path),
+        save_checkpoint=lambda path, weights_only=None: saved.append(path),
         saved=saved,
     )
     return trainer
@@ -288,7 +288,7 @@ def test_alert_fires_once_at_the_right_step_and_saves_checkpoint(tmp_path):
     assert alert.fired_step == FIRE_STEP
     ckpt = Path(trainer.log_dir) / f"entropy-collapse-step{FIRE_STEP}.ckpt"
     assert ckpt.is_file() and alert.checkpoint_path == str(ckpt)
-    saved = torch.load(ckpt, weights_only=False)
+    saved = torch.load(ckpt, weights_only=True)
     assert saved["global_step"] == FIRE_STEP
     assert saved["callbacks"][alert.state_key]["fired_step"] == FIRE_STEP  # a resume will not fire again
     assert len(list(Path(tmp_path).rglob("*.ckpt"))) == 1

@@ -110,7 +110,7 @@ def test_resume_restores_stare_state(tiny_policy, tmp_path):
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=1)
     fit(make_module(tiny_policy, scheme=scheme), tmp_path, steps=3, callbacks=[ckpt], enable_checkpointing=True)
     assert scheme.w == pytest.approx(1.1 + 3 * 0.05) and scheme.m == pytest.approx(0.9 - 3 * 0.05)
-    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     assert state["weighting_scheme"]["w"] == pytest.approx(scheme.w)
 
     fresh = STARE(target_entropy=100.0, adaptive=True, alpha=0.05, w=1.1, m=0.9)

@@ -1,0 +1,266 @@
+"""The sandbox's child side: confine this process, then run one untrusted program. Stdlib only.
+
+Started by stare_lit.sandbox as ``python -I -S _sandbox_child.py RESULT_FD PARENT_PID`` with a
+scrubbed environment, in a fresh temporary directory (its working directory) that holds the job
+file ``.job.json``. This file is trusted code; everything after ``_run_job`` starts is not.
+
+Two processes, because a PID namespace takes effect for the children of the process that makes
+it: the *holder* (this process) joins a pids cgroup (as root), enters new user, mount, network
+and PID namespaces, makes every mount but the working directory read-only, and forks *init*,
+PID 1 of the new namespace, which mounts its own /proc (the parent's processes and their
+environments vanish) and forks the *runner*. When the runner ends, init ends and the kernel kills
+everything the program started; when the holder dies (the parent kills it on a time-out), init
+and the runner die too (``PR_SET_PDEATHSIG``).
+
+The runner sets the resource limits, drops every capability, and runs the job. What it reports goes to
+RESULT_FD as lines ``NONCE<TAB>JSON``; the parent trusts only what it can check (see
+stare_lit.sandbox).
+"""
+
+import builtins
+import ctypes
+import json
+import os
+import resource
+import signal
+import sys
+
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
+    1, 2, 4, 8, 32, 4096, 16384, 1 << 18)
+MS_NOATIME, MS_NODIRATIME, MS_RELATIME, MS_STRICTATIME = 1024, 2048, 1 << 21, 1 << 24
+_MOUNT_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
+                "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME, "strictatime": MS_STRICTATIME}
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 24, 38
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+# The builtins as they are before the program runs: the tests see these, whatever it patches.
+_PRISTINE = dict(builtins.__dict__)
+# ...and the harness's own references to the ones it calls, so patching builtins cannot reach it.
+_exec, _eval, _compile, _repr, _type, _len, _all = exec, eval, compile, repr, type, len, all
+_PLAIN = (int, float, complex, str, bytes, bool, type(None))
+
+
+def main() -> None:
+    result_fd, parent = int(sys.argv[1]), int(sys.argv[2])
+    with open(".job.json", encoding="utf-8") as f:
+        job = json.load(f)
+    os.unlink(".job.json")  # the program must not read the nonce or the tests from disk
+    _die_with(parent)
+    isolation = {"pids_cgroup": _join_pids_cgroup(job["cgroup"], job["limits"]["max_processes"])}
+    isolation.update(_enter_namespaces(os.getcwd()))
+    init = os.fork()
+    if init == 0:
+        _init(job, result_fd, isolation)
+    os.close(result_fd)  # only the runner writes from here on
+    _, status = os.waitpid(init, 0)
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
+def _init(job: dict, result_fd: int, isolation: dict) -> None:
+    """PID 1 of the new namespace: reaps, and ends with the runner, which takes every other process with it.
+
+    The runner is not PID 1 itself, because PID 1 ignores the signals it has no handler for,
+    SIGXCPU from RLIMIT_CPU among them.
+    """
+    _die_with(os.getppid())
+    if isolation["pid_namespace"]:
+        isolation["private_proc"] = _mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _report(result_fd, job["nonce"], {"kind": "isolation", "private_proc": False, **isolation})
+    init = os.getpid()
+    runner = os.fork()
+    if runner == 0:
+        _runner(job, result_fd, init, isolation["user_namespace"])
+    os.close(result_fd)
+    while True:
+        pid, status = os.waitpid(-1, 0)
+        if pid == runner:
+            os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
+def _runner(job: dict, result_fd: int, parent: int, per_namespace: bool) -> None:
+    """Confine itself the rest of the way, then run the job; never returns."""
+    try:
+        _die_with(parent)
+        _limit(job["limits"], per_namespace)
+        _drop_capabilities()
+        code = _run_job(job, result_fd)
+    except BaseException:  # the program's own errors are caught in _run_job; this is the harness failing
+        code = 70
+    try:
+        sys.stdout.flush()  # os._exit skips it; in stdio mode the output is the answer
+    except BaseException:
+        pass
+    os._exit(code)
+
+
+def _die_with(parent: int) -> None:
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the line above: nobody will read the result
+        os._exit(1)
+
+
+def _join_pids_cgroup(name: str, max_processes: int) -> bool:
+    """As root, RLIMIT_NPROC is not enforced: a pids cgroup (v1 or v2) caps the processes instead."""
+    if os.geteuid() != 0:
+        return False
+    for root in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup"):
+        path = os.path.join(root, name)
+        try:
+            os.mkdir(path)
+        except OSError:
+            continue
+        try:
+            with open(os.path.join(path, "pids.max"), "w") as f:
+                f.write(str(max_processes))
+            with open(os.path.join(path, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+            return True
+        except OSError:
+            os.rmdir(path)
+    return False
+
+
+def _enter_namespaces(workdir: str) -> dict:
+    """New user, mount, network and PID namespaces where the kernel allows; what worked, by name."""
+    flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID
+    if _LIBC.unshare(flags) == 0:
+        return {"user_namespace": True, "network_namespace": True, "pid_namespace": True,
+                "read_only_filesystem": _read_only_except(workdir)}
+    # No user namespaces (a hardened kernel): the network alone still works for root.
+    alone = _LIBC.unshare(CLONE_NEWNET) == 0
+    return {"user_namespace": False, "network_namespace": alone, "pid_namespace": False,
+            "read_only_filesystem": False}
+
+
+def _read_only_except(workdir: str) -> bool:
+    """Every mount read-only except ``workdir``; True if every remount worked."""
+    if not _mount(None, b"/", None, MS_REC | MS_PRIVATE):  # nothing done here reaches the parent's mounts
+        return False
+    if not _mount(workdir.encode(), workdir.encode(), None, MS_BIND | MS_REC):
+        return False
+    ok = True
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        mounts = [line.split() for line in f]
+    for fields in mounts:
+        point = fields[4].encode().decode("unicode_escape").encode()
+        if point == workdir.encode():
+            continue
+        # Flags the mount already has are locked in a user namespace: a remount must keep them.
+        kept = sum(_MOUNT_FLAGS.get(option, 0) for option in fields[5].split(","))
+        ok &= _mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | kept)
+    return ok
+
+
+def _mount(source, target, fstype, flags: int) -> bool:
+    return _LIBC.mount(source, target, fstype, ctypes.c_ulong(flags), None) == 0
+
+
+def _limit(limits: dict, per_namespace: bool) -> None:
+    mib = 1 << 20
+    cpu = limits["cpu_seconds"]
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))  # SIGXCPU, then SIGKILL a second later
+    resource.setrlimit(resource.RLIMIT_AS, (limits["memory_mb"] * mib,) * 2)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["file_size_mb"] * mib,) * 2)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limits["max_open_files"],) * 2)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # RLIMIT_NPROC counts the user's processes in this user namespace only; outside one it counts
+    # all of the user's processes and threads, the trainer's included, so those are added.
+    nproc = limits["max_processes"] + (0 if per_namespace else _tasks_of(os.getuid()))
+    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+
+
+def _tasks_of(uid: int) -> int:
+    count = 0
+    for pid in os.listdir("/proc"):
+        try:
+            if pid.isdigit() and os.stat(f"/proc/{pid}").st_uid == uid:
+                count += len(os.listdir(f"/proc/{pid}/task"))
+        except OSError:
+            pass
+    return count
+
+
+def _drop_capabilities() -> None:
+    """No capabilities now or after an exec: the program cannot undo the mounts or the limits."""
+    for cap in range(64):
+        _LIBC.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)  # fails past the last capability: harmless
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)
+    data = (ctypes.c_uint32 * 6)()
+    _LIBC.capset(header, data)
+    _LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+
+
+def _run_job(job: dict, result_fd: int) -> int:
+    """Run the program, then (asserts mode) each test; the exit status is the program's."""
+    nonce, write, dumps, exc_info = job["nonce"], os.write, json.dumps, sys.exc_info
+    main_module = _type(sys)("__main__")  # `import __main__` gives the program its own module, not this one
+    sys.modules["__main__"] = main_module
+    namespace = main_module.__dict__
+    namespace["__builtins__"] = builtins
+    try:
+        _exec(_compile(job["program"], "<program>", "exec"), namespace)
+    except SystemExit as stop:  # an exit while loading: the tests never run
+        return stop.code if isinstance(stop.code, int) else 1
+    except BaseException:
+        return 1
+    if job["mode"] == "stdio":
+        return 0
+    write(result_fd, f"{nonce}\t{dumps({'kind': 'loaded'})}\n".encode())
+    scope = _test_scope(namespace)
+    for i, test in enumerate(job["tests"]):
+        record = {"kind": "test", "index": i, "passed": False}
+        try:
+            if test["kind"] == "value":
+                record["value"] = _plain_repr(_eval(test["expr"], dict(scope)))
+                record["passed"] = record["value"] is not None
+            else:
+                _exec(test["source"], dict(scope))
+                record["passed"] = True
+        except BaseException:
+            exc_info()  # whatever the program raised (SystemExit too) fails this test only
+        write(result_fd, f"{nonce}\t{dumps(record)}\n".encode())
+    return 0
+
+
+def _test_scope(namespace: dict) -> dict:
+    """The program's names for the tests, with the builtins as they were before it ran.
+
+    A program that defines ``len`` or patches ``builtins.isinstance`` changes what its own code
+    sees, never what a test sees.
+    """
+    scope = {k: v for k, v in namespace.items() if k not in _PRISTINE}
+    scope["__builtins__"] = dict(_PRISTINE)
+    return scope
+
+
+def _plain_repr(value, _depth: int = 0):
+    """``repr`` of plain data (numbers, text, None and lists/tuples/sets/dicts of them), else None.
+
+    Exact types only: an object whose ``__eq__`` says yes to anything is not plain data.
+    """
+    if _depth > 20 or not _is_plain(value, _depth):
+        return None
+    text = _repr(value)
+    return text if _len(text) <= 100_000 else None
+
+
+def _is_plain(value, depth: int) -> bool:
+    kind = _type(value)
+    if kind in _PLAIN:
+        return True
+    if depth > 20:
+        return False
+    if kind in (list, tuple, set, frozenset):
+        return _all(_is_plain(item, depth + 1) for item in value)
+    if kind is dict:
+        return _all(_is_plain(k, depth + 1) and _is_plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _report(fd: int, nonce: str, record: dict) -> None:
+    os.write(fd, f"{nonce}\t{json.dumps(record)}\n".encode())
+
+
+if __name__ == "__main__":
+    main()

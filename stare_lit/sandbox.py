@@ -110,6 +110,7 @@ class Sandbox:
     def _run(self, workdir: str, nonce: str, stdin: bytes) -> "Run":
         report_r, report_w = os.pipe()
         started = time.monotonic()
+        deadline = started + self.timeout_seconds
         try:
             child = subprocess.Popen(
                 [sys.executable, "-I", "-S", str(_CHILD), str(report_w), str(os.getpid())],
@@ -121,12 +122,7 @@ class Sandbox:
         try:
             _feed(child, stdin)
             streams = _Streams({report_r: _MAX_REPORT_BYTES, out: self.max_output_bytes, err: self.max_output_bytes})
-            timed_out = not streams.read_until(started + self.timeout_seconds)
-            if not timed_out:
-                try:
-                    child.wait(max(0.0, started + self.timeout_seconds - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    timed_out = True
+            timed_out = not streams.read_until(deadline) or not (streams.overflowed or _exited(child, deadline))
         finally:
             _kill_group(child)
             os.close(report_r)
@@ -251,8 +247,21 @@ def _parse_report(data: bytes, nonce: str) -> Optional[list[dict]]:
     return records
 
 
+def _exited(child: subprocess.Popen, deadline: float) -> bool:
+    """Wait until the child exits or the deadline passes, without reaping it (its group id stays reserved)."""
+    while time.monotonic() < deadline:
+        if os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return True
+        time.sleep(0.005)
+    return False
+
+
 def _kill_group(child: subprocess.Popen) -> None:
-    """Kill the child's session (its process group) and reap the child."""
+    """Kill the child's process group, then reap the child.
+
+    In that order: until the child is reaped its group id cannot be reused, so the signal cannot
+    reach an unrelated group.
+    """
     try:
         os.killpg(child.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

@@ -10,11 +10,13 @@ with no process cap it could not run away; it is skipped unless the probe report
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +25,7 @@ from stare_lit.rewards import CodeTestReward
 from stare_lit.sandbox import Sandbox, probe
 from stare_lit.scoring import RewardRunner, RewardWarning, Scoring
 
+ROOT = Path(__file__).parents[1]
 ISOLATION = probe()
 CAPPED = ISOLATION.get("pids_cgroup") or ISOLATION.get("user_namespace")
 LIMITS = dict(timeout_seconds=15.0, cpu_seconds=1, memory_mb=256, max_processes=16)
@@ -306,3 +309,36 @@ def test_sandbox_checks_its_settings():
         Sandbox(max_processes=1)
     with pytest.raises(ConfigError, match=r"test_format"):
         CodeTestReward(test_format="pytest")
+
+
+# ---------------------------------------------------------------------- the built-in code task
+def test_every_built_in_task_is_solved_by_its_solution():
+    from stare_lit.tasks.code import TASKS
+
+    rows = [json.loads(line) for line in TASKS.read_text().splitlines()]
+    assert len(rows) >= 30 and all(row["prompt"] and row["tests"] for row in rows)
+    r = CodeTestReward(extract="fenced", sandbox=Sandbox(**LIMITS))
+    completions = [f"```python\n{row['solution']}```" for row in rows]
+    assert r([row["prompt"] for row in rows], completions, tests=[row["tests"] for row in rows]) == [1.0] * len(rows)
+    wrong = [f"```python\n{rows[(i + 1) % len(rows)]['solution']}```" for i in range(len(rows))]  # another task's
+    assert r([row["prompt"] for row in rows], wrong, tests=[row["tests"] for row in rows]) == [0.0] * len(rows)
+
+
+def test_code_config_trains_through_the_reward_worker(tmp_path, capsys):
+    """configs/code_grpo.yaml for two steps: a config-built tiny model, every completion run in the
+    sandbox in the reward worker (model.scoring.timeout is set); a random model scores ~0."""
+    import csv
+
+    from stare_lit.cli import main
+    from stare_lit.tasks.code import TOKENIZER
+
+    main(["fit", "--config", str(ROOT / "configs" / "code_grpo.yaml"), "--model.policy.tokenizer", str(TOKENIZER),
+          "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+          "--trainer.max_steps", "2", "--model.sampling.max_new_tokens", "24"])
+    (metrics,) = tmp_path.glob("version_*/metrics.csv")
+    rows = [row for row in csv.DictReader(metrics.open()) if row.get("reward/code_test_reward")]
+    assert len(rows) == 2
+    for row in rows:
+        assert 0.0 <= float(row["reward/code_test_reward"]) <= 1.0
+        assert float(row["reward/code_test_reward_timeouts"]) == 0 and float(row["reward/code_test_reward_errors"]) == 0
+        assert float(row["reward/code_test_reward_none_frac"]) == 0

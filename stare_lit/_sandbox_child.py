@@ -5,8 +5,9 @@ scrubbed environment, in a fresh temporary directory (its working directory) tha
 file ``.job.json``. This file is trusted code; everything after ``_run_job`` starts is not.
 
 Two processes, because a PID namespace takes effect for the children of the process that makes
-it: the *holder* (this process) joins a pids cgroup (as root), enters new user, mount, network
-and PID namespaces, makes every mount but the working directory read-only, and forks *init*,
+it: the *holder* (this process) joins pids and memory cgroups (as root), enters new user, mount, network
+and PID namespaces, mounts a small tmpfs on the working directory and makes every other mount
+read-only, and forks *init*,
 PID 1 of the new namespace, which mounts its own /proc (the parent's processes and their
 environments vanish) and forks the *runner*. When the runner ends, init ends and the kernel kills
 everything the program started; when the holder dies (the parent kills it on a time-out), init
@@ -24,6 +25,7 @@ import os
 import resource
 import signal
 import sys
+import traceback
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
@@ -47,8 +49,8 @@ def main() -> None:
         job = json.load(f)
     os.unlink(".job.json")  # the program must not read the nonce or the tests from disk
     _die_with(parent)
-    isolation = {"pids_cgroup": _join_pids_cgroup(job["cgroup"], job["limits"]["max_processes"])}
-    isolation.update(_enter_namespaces(os.getcwd()))
+    isolation = _join_cgroups(job["cgroup"], job["limits"])
+    isolation.update(_enter_namespaces(os.getcwd(), job["limits"]["disk_mb"]))
     init = os.fork()
     if init == 0:
         _init(job, result_fd, isolation)
@@ -100,60 +102,93 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def _join_pids_cgroup(name: str, max_processes: int) -> bool:
-    """As root, RLIMIT_NPROC is not enforced: a pids cgroup (v1 or v2) caps the processes instead."""
+def cgroup_dirs(name: str) -> dict[str, str]:
+    """Where this run's cgroups go, by controller: below the caller's own (v1 pids and memory, or v2).
+
+    Below, not beside: a memory limit the trainer's container sets still covers the run.
+    """
+    dirs = {}
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as f:
+            lines = [line.rstrip("\n").split(":", 2) for line in f]
+    except OSError:
+        return dirs
+    for _, controllers, path in lines:
+        for controller in controllers.split(","):
+            if controller in ("pids", "memory"):
+                dirs[controller] = os.path.join("/sys/fs/cgroup", controller, path.lstrip("/"), name)
+        if controllers == "" and os.path.exists("/sys/fs/cgroup/cgroup.controllers"):  # v2 mounted at the top
+            dirs["unified"] = os.path.join("/sys/fs/cgroup", path.lstrip("/"), name)
+    return dirs
+
+
+def _join_cgroups(name: str, limits: dict) -> dict:
+    """As root, RLIMIT_NPROC is not enforced: cgroups cap the processes (and their memory, together)."""
+    joined = {"pids_cgroup": False, "memory_cgroup": False}
     if os.geteuid() != 0:
-        return False
-    for root in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup"):
-        path = os.path.join(root, name)
+        return joined
+    memory = str(limits["memory_mb"] << 20)
+    settings = {"pids": {"pids.max": str(limits["max_processes"])},
+                "memory": {"memory.limit_in_bytes": memory, "memory.memsw.limit_in_bytes": memory},
+                "unified": {"pids.max": str(limits["max_processes"]), "memory.max": memory, "memory.swap.max": "0"}}
+    for controller, path in cgroup_dirs(name).items():
         try:
             os.mkdir(path)
         except OSError:
             continue
-        try:
-            with open(os.path.join(path, "pids.max"), "w") as f:
-                f.write(str(max_processes))
-            with open(os.path.join(path, "cgroup.procs"), "w") as f:
-                f.write(str(os.getpid()))
-            return True
-        except OSError:
-            os.rmdir(path)
-    return False
+        done = {key: _write(os.path.join(path, key), value) for key, value in settings[controller].items()}
+        if _write(os.path.join(path, "cgroup.procs"), str(os.getpid())):
+            joined["pids_cgroup"] |= done.get("pids.max", False)
+            joined["memory_cgroup"] |= done.get("memory.limit_in_bytes", False) or done.get("memory.max", False)
+    return joined
 
 
-def _enter_namespaces(workdir: str) -> dict:
+def _write(path: str, value: str) -> bool:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+        return True
+    except OSError:
+        return False
+
+
+def _enter_namespaces(workdir: str, disk_mb: int) -> dict:
     """New user, mount, network and PID namespaces where the kernel allows; what worked, by name."""
     flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID
     if _LIBC.unshare(flags) == 0:
         return {"user_namespace": True, "network_namespace": True, "pid_namespace": True,
-                "read_only_filesystem": _read_only_except(workdir)}
+                **_read_only_except(workdir, disk_mb)}
     # No user namespaces (a hardened kernel): the network alone still works for root.
     alone = _LIBC.unshare(CLONE_NEWNET) == 0
     return {"user_namespace": False, "network_namespace": alone, "pid_namespace": False,
-            "read_only_filesystem": False}
+            "read_only_filesystem": False, "private_disk": False}
 
 
-def _read_only_except(workdir: str) -> bool:
-    """Every mount read-only except ``workdir``; True if every remount worked."""
+def _read_only_except(workdir: str, disk_mb: int) -> dict:
+    """Every mount read-only; ``workdir`` a fresh tmpfs of ``disk_mb`` (a bind mount where tmpfs fails)."""
     if not _mount(None, b"/", None, MS_REC | MS_PRIVATE):  # nothing done here reaches the parent's mounts
-        return False
-    if not _mount(workdir.encode(), workdir.encode(), None, MS_BIND | MS_REC):
-        return False
+        return {"read_only_filesystem": False, "private_disk": False}
+    target = workdir.encode()
+    private = _mount(b"tmpfs", target, b"tmpfs", MS_NOSUID | MS_NODEV,
+                     f"size={disk_mb}m,nr_inodes=4096,mode=700".encode())
+    if not private and not _mount(target, target, None, MS_BIND | MS_REC):
+        return {"read_only_filesystem": False, "private_disk": False}
+    os.chdir(workdir)  # into the new mount; the old directory is under it
     ok = True
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
         mounts = [line.split() for line in f]
     for fields in mounts:
         point = fields[4].encode().decode("unicode_escape").encode()
-        if point == workdir.encode():
+        if point == target:
             continue
         # Flags the mount already has are locked in a user namespace: a remount must keep them.
         kept = sum(_MOUNT_FLAGS.get(option, 0) for option in fields[5].split(","))
         ok &= _mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | kept)
-    return ok
+    return {"read_only_filesystem": ok, "private_disk": private}
 
 
-def _mount(source, target, fstype, flags: int) -> bool:
-    return _LIBC.mount(source, target, fstype, ctypes.c_ulong(flags), None) == 0
+def _mount(source, target, fstype, flags: int, data=None) -> bool:
+    return _LIBC.mount(source, target, fstype, ctypes.c_ulong(flags), data) == 0
 
 
 def _limit(limits: dict, per_namespace: bool) -> None:
@@ -203,6 +238,7 @@ def _run_job(job: dict, result_fd: int) -> int:
     except SystemExit as stop:  # an exit while loading: the tests never run
         return stop.code if isinstance(stop.code, int) else 1
     except BaseException:
+        traceback.print_exc()  # into Run.stderr, for whoever reads it
         return 1
     if job["mode"] == "stdio":
         return 0

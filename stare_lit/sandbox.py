@@ -46,9 +46,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+from stare_lit._sandbox_child import cgroup_dirs
 from stare_lit.errors import check
 
 _CHILD = Path(__file__).with_name("_sandbox_child.py")
+_PREFIX = "stare-lit-sandbox-"  # + the parent's pid: directories and cgroups of dead parents are swept
 _MAX_REPORT_BYTES = 1 << 20  # what the child may send on the result pipe; more is tampering
 # Variables a Python program needs to behave normally; nothing that can hold a secret.
 DEFAULT_ENV_ALLOW = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
@@ -66,6 +68,7 @@ class Sandbox:
         max_processes: Processes it may have at once, itself included (RLIMIT_NPROC, or a pids
             cgroup when run as root).
         max_open_files: Open file descriptors per process (RLIMIT_NOFILE).
+        disk_mb: Size of its working directory, a private tmpfs (where user namespaces work).
         max_output_bytes: stdout and stderr kept, each; a run that writes more fails.
         env_allow: Environment variables passed through from the trainer; all others (HF_TOKEN,
             WANDB_API_KEY, ...) are removed. ``None`` is PATH, LANG, LC_ALL, LC_CTYPE and TZ.
@@ -75,15 +78,17 @@ class Sandbox:
     cpu_seconds: int = 5
     memory_mb: int = 1024
     file_size_mb: int = 16
-    max_processes: int = 32
+    max_processes: int = 16
     max_open_files: int = 64
+    disk_mb: int = 64
     max_output_bytes: int = 1 << 20
     env_allow: Optional[list[str]] = None
 
     def __post_init__(self) -> None:
         key = "CodeTestReward init_args.sandbox"
         check(self.timeout_seconds > 0, f"{key}.timeout_seconds={self.timeout_seconds}; use a number of seconds > 0.")
-        for name in ("cpu_seconds", "memory_mb", "file_size_mb", "max_processes", "max_open_files", "max_output_bytes"):
+        for name in ("cpu_seconds", "memory_mb", "file_size_mb", "max_processes", "max_open_files", "disk_mb",
+                     "max_output_bytes"):
             value = getattr(self, name)
             check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                   f"{key}.{name}={value!r}; use a whole number >= 1.")
@@ -94,12 +99,14 @@ class Sandbox:
     def run(self, program: str, mode: Literal["asserts", "stdio"], tests: list[dict] = (), stdin: str = "") -> "Run":
         """Run ``program``; in ``asserts`` mode then each test (``{"kind": "value", "expr": ...}`` or
         ``{"kind": "statement", "source": ...}``), in ``stdio`` mode with ``stdin`` as its input."""
+        _sweep_once()
         nonce = secrets.token_hex(16)
-        workdir = tempfile.mkdtemp(prefix="stare-lit-sandbox-")
-        cgroup = f"stare-lit-{os.getpid()}-{nonce[:12]}"
+        workdir = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-")
+        cgroup = f"{_PREFIX}{os.getpid()}-{nonce[:12]}"
         job = {"program": program, "mode": mode, "tests": list(tests), "nonce": nonce, "cgroup": cgroup,
                "limits": {name: getattr(self, name) for name in
-                          ("cpu_seconds", "memory_mb", "file_size_mb", "max_processes", "max_open_files")}}
+                          ("cpu_seconds", "memory_mb", "file_size_mb", "max_processes", "max_open_files",
+                           "disk_mb")}}
         try:
             Path(workdir, ".job.json").write_text(json.dumps(job), encoding="utf-8")
             return self._run(workdir, nonce, stdin.encode())
@@ -270,17 +277,47 @@ def _kill_group(child: subprocess.Popen) -> None:
 
 
 def _remove_cgroup(name: str) -> None:
-    for root in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup"):
-        path = os.path.join(root, name)
+    for path in cgroup_dirs(name).values():
         if not os.path.isdir(path):
             continue
         for _ in range(100):  # processes leave the cgroup as the kernel reaps them
             try:
                 os.rmdir(path)
-                return
+                break
             except OSError:
                 _kill_cgroup(path)
                 time.sleep(0.01)
+
+
+_swept = False
+
+
+def _sweep_once() -> None:
+    """Remove what runs of dead parents left (a reward worker killed at model.scoring.timeout cannot
+    clean up after itself): their temporary directories and cgroups. Once per process."""
+    global _swept
+    if _swept:
+        return
+    _swept = True
+    places = [tempfile.gettempdir()] + [os.path.dirname(path) for path in cgroup_dirs("x").values()]
+    for place in places:
+        try:
+            names = [name for name in os.listdir(place) if name.startswith(_PREFIX)]
+        except OSError:
+            continue
+        for name in names:
+            pid = name[len(_PREFIX):].split("-")[0]
+            if not pid.isdigit() or os.path.exists(f"/proc/{pid}"):
+                continue
+            path = os.path.join(place, name)
+            if place == tempfile.gettempdir():
+                shutil.rmtree(path, onerror=_force_remove)
+            else:
+                _kill_cgroup(path)
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    pass
 
 
 def _kill_cgroup(path: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import tempfile
 import textwrap
 import threading
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from stare_lit.errors import ConfigError
+import stare_lit.sandbox as sandbox_module
 from stare_lit.rewards import CodeTestReward
 from stare_lit.sandbox import Sandbox, probe
 from stare_lit.scoring import RewardRunner, RewardWarning, Scoring
@@ -280,6 +282,16 @@ def test_a_stuck_reward_is_bounded_by_the_scoring_timeout():
     assert scored.per_reward["code_test_reward"].tolist() == [0.0] and scored.timeouts == {"code_test_reward": 1}
     time.sleep(0.5)  # the killed worker's sandbox dies with it (PR_SET_PDEATHSIG)
     assert _sandboxes_of_dead_parents() == []
+    # What the killed worker left (its run's directory and cgroups) is swept by the next process's first run.
+    left = [p for p in Path(tempfile.gettempdir()).glob("stare-lit-sandbox-*") if not _alive(p.name.split("-")[3])]
+    assert left
+    sandbox_module._swept = False
+    probe()
+    assert not any(p.exists() for p in left)
+
+
+def _alive(pid: str) -> bool:
+    return os.path.exists(f"/proc/{pid}")
 
 
 def _sandboxes_of_dead_parents() -> list[str]:

@@ -266,7 +266,8 @@ class CodeTestReward(Reward):
     Tests, in ``tests_column``:
 
     - ``asserts``: a list of assert statements (or one string of them, one test per statement),
-      run after the program, in its namespace, with the builtins as they were before it ran. For
+      run after the program, in its namespace, with the builtins as they were before it ran (so a
+      program's own ``len`` or ``sum`` is not what a test calls: name task functions otherwise). For
       ``assert A`` and ``assert A <op> B`` (one comparison: ``==``, ``<``, ``in``, ``is``...),
       only the sides that are not literals go into the sandbox; their values come back as plain
       data (numbers, text, None, and lists, tuples, sets, dicts of them) and the comparison, with

@@ -1,4 +1,4 @@
-"""Run an untrusted Python program under limits, and learn what it did through a channel it cannot forge.
+"""Run an untrusted Python program under limits, and learn what it did through a channel it cannot forge (Linux).
 
 **A resource-and-mistake sandbox, not a security boundary.** It stops what model-written code
 does by accident or by reward hacking (loops forever, forks, eats memory, floods output, writes
@@ -118,16 +118,18 @@ class Sandbox:
         report_r, report_w = os.pipe()
         started = time.monotonic()
         deadline = started + self.timeout_seconds
-        try:
-            child = subprocess.Popen(
-                [sys.executable, "-I", "-S", str(_CHILD), str(report_w), str(os.getpid())],
-                cwd=workdir, env=self._environment(workdir), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, pass_fds=(report_w,), start_new_session=True)
-        finally:
-            os.close(report_w)
+        with tempfile.TemporaryFile() as given:  # a file, not a pipe: any size, and nothing to block on
+            given.write(stdin)
+            given.seek(0)
+            try:
+                child = subprocess.Popen(
+                    [sys.executable, "-I", "-S", str(_CHILD), str(report_w), str(os.getpid())],
+                    cwd=workdir, env=self._environment(workdir), stdin=given, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, pass_fds=(report_w,), start_new_session=True)
+            finally:
+                os.close(report_w)
         out, err = child.stdout.fileno(), child.stderr.fileno()
         try:
-            _feed(child, stdin)
             streams = _Streams({report_r: _MAX_REPORT_BYTES, out: self.max_output_bytes, err: self.max_output_bytes})
             timed_out = not streams.read_until(deadline) or not (streams.overflowed or _exited(child, deadline))
         finally:
@@ -191,18 +193,6 @@ class Run:
 def probe() -> dict:
     """What a run is isolated by on this machine: ``{"user_namespace": True, ...}``."""
     return Sandbox(timeout_seconds=30).run("pass", "asserts").isolation
-
-
-def _feed(child: subprocess.Popen, stdin: bytes) -> None:
-    """Write the program's input and close it; a program that does not read it loses nothing."""
-    try:
-        if stdin:
-            os.set_blocking(child.stdin.fileno(), False)
-            os.write(child.stdin.fileno(), stdin[: 1 << 16])  # tests' inputs are small; a pipe holds 64 KiB
-    except (BlockingIOError, BrokenPipeError):
-        pass
-    finally:
-        child.stdin.close()
 
 
 class _Streams:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import tempfile
 import textwrap
 import threading
@@ -260,6 +261,8 @@ def test_stdio_tests():
     assert score(program, tests=cases, test_format="stdio") == pytest.approx(2 / 3)
     flood = "a, b = map(int, input().split())\nprint('x' * (2 << 20))\nprint(a + b)\n"
     assert score(flood, tests=cases, test_format="stdio") == 0.0
+    long_input = [{"input": "1 " * 100_000 + "\n", "output": "100000"}]  # 200 KB: more than a pipe holds
+    assert score("print(len(input().split()))\n", tests=long_input, test_format="stdio") == 1.0
     crash = "a, b = map(int, input().split())\nprint(a + b)\nraise SystemExit(3)\n"
     assert score(crash, tests=cases, test_format="stdio") == 0.0
 
@@ -283,8 +286,12 @@ def test_a_stuck_reward_is_bounded_by_the_scoring_timeout():
     time.sleep(0.5)  # the killed worker's sandbox dies with it (PR_SET_PDEATHSIG)
     assert _sandboxes_of_dead_parents() == []
     # What the killed worker left (its run's directory and cgroups) is swept by the next process's first run.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = Path(tempfile.mkdtemp(prefix=f"stare-lit-sandbox-{gone.pid}-"))  # as a killed worker leaves one
+    (stale / "sub").mkdir()
     left = [p for p in Path(tempfile.gettempdir()).glob("stare-lit-sandbox-*") if not _alive(p.name.split("-")[3])]
-    assert left
+    assert stale in left
     sandbox_module._swept = False
     probe()
     assert not any(p.exists() for p in left)

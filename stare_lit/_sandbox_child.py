@@ -50,6 +50,11 @@ def main() -> None:
     os.unlink(".job.json")  # the program must not read the nonce or the tests from disk
     _die_with(parent)
     isolation = _join_cgroups(job["cgroup"], job["limits"])
+    # RLIMIT_NPROC binds everyone but root; root needs the pids cgroup.
+    isolation["process_cap"] = isolation["pids_cgroup"] or os.geteuid() != 0
+    if job["limits"]["require_process_cap"] and not isolation["process_cap"]:
+        _report(result_fd, job["nonce"], {"kind": "isolation", **isolation})
+        os._exit(71)  # nothing would stop a fork bomb: the program does not run
     isolation.update(_enter_namespaces(os.getcwd(), job["limits"]["disk_mb"]))
     init = os.fork()
     if init == 0:

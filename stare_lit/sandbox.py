@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from stare_lit._sandbox_child import cgroup_dirs
-from stare_lit.errors import check
+from stare_lit.errors import ConfigError, check
 
 _CHILD = Path(__file__).with_name("_sandbox_child.py")
 _PREFIX = "stare-lit-sandbox-"  # + the parent's pid: directories and cgroups of dead parents are swept
@@ -72,6 +72,9 @@ class Sandbox:
         max_output_bytes: stdout and stderr kept, each; a run that writes more fails.
         env_allow: Environment variables passed through from the trainer; all others (HF_TOKEN,
             WANDB_API_KEY, ...) are removed. ``None`` is PATH, LANG, LC_ALL, LC_CTYPE and TZ.
+        require_process_cap: Refuse to run a program when nothing caps its processes (root
+            without a writable pids cgroup, where RLIMIT_NPROC does not apply): a fork bomb
+            there could exhaust the machine's process table before the time limit.
     """
 
     timeout_seconds: float = 10.0
@@ -83,6 +86,7 @@ class Sandbox:
     disk_mb: int = 64
     max_output_bytes: int = 1 << 20
     env_allow: Optional[list[str]] = None
+    require_process_cap: bool = True
 
     def __post_init__(self) -> None:
         key = "CodeTestReward init_args.sandbox"
@@ -106,13 +110,19 @@ class Sandbox:
         job = {"program": program, "mode": mode, "tests": list(tests), "nonce": nonce, "cgroup": cgroup,
                "limits": {name: getattr(self, name) for name in
                           ("cpu_seconds", "memory_mb", "file_size_mb", "max_processes", "max_open_files",
-                           "disk_mb")}}
+                           "disk_mb", "require_process_cap")}}
         try:
             Path(workdir, ".job.json").write_text(json.dumps(job), encoding="utf-8")
-            return self._run(workdir, nonce, stdin.encode())
+            run = self._run(workdir, nonce, stdin.encode())
         finally:
             _remove_cgroup(cgroup)
             shutil.rmtree(workdir, onerror=_force_remove)
+        if self.require_process_cap and run.isolation.get("process_cap") is False:
+            raise ConfigError(
+                "CodeTestReward init_args.sandbox: the trainer runs as root with no writable pids cgroup, so nothing"
+                " caps the processes a program may start (RLIMIT_NPROC does not bind root); run as a normal user, or"
+                " give the trainer a pids cgroup, or set sandbox.require_process_cap: false to run without a cap.")
+        return run
 
     def _run(self, workdir: str, nonce: str, stdin: bytes) -> "Run":
         report_r, report_w = os.pipe()

@@ -30,7 +30,7 @@ from stare_lit.scoring import RewardRunner, RewardWarning, Scoring
 
 ROOT = Path(__file__).parents[1]
 ISOLATION = probe()
-CAPPED = ISOLATION.get("pids_cgroup") or ISOLATION.get("user_namespace")
+CAPPED = ISOLATION.get("process_cap")
 LIMITS = dict(timeout_seconds=15.0, cpu_seconds=1, memory_mb=256, max_processes=16)
 TESTS = ["assert add(2, 3) == 5", "assert add(1, 1) == 2", "assert 0 == add(-4, 4)", "assert add(10, 5) > 14"]
 SECRET = "hf_stare_lit_test_secret_0123456789"

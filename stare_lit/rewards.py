@@ -254,7 +254,6 @@ class OverlongPenalty(Reward):
         return [min(-(n - start) / self.cache_length, 0.0) for n in lengths]
 
 
-
 class CodeTestReward(Reward):
     """Unit-test reward for Python completions: the share of the row's tests the program passes.
 

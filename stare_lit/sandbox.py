@@ -101,8 +101,15 @@ class Sandbox:
         check(self.max_open_files >= 16, f"{key}.max_open_files={self.max_open_files}; Python needs ~10, use >= 16.")
 
     def run(self, program: str, mode: Literal["asserts", "stdio"], tests: list[dict] = (), stdin: str = "") -> "Run":
-        """Run ``program``; in ``asserts`` mode then each test (``{"kind": "value", "expr": ...}`` or
-        ``{"kind": "statement", "source": ...}``), in ``stdio`` mode with ``stdin`` as its input."""
+        """Run ``program``; in ``asserts`` mode then each test, in ``stdio`` mode with ``stdin`` as its input.
+
+        A test is ``{"kind": "values", "exprs": [...]}`` (the run returns each expression's value
+        as plain data, for the caller to judge) or ``{"kind": "statement", "source": ...}`` (the
+        run says whether it raised).
+
+        Raises:
+            ConfigError: Nothing caps the processes here and ``require_process_cap`` is on.
+        """
         _sweep_once()
         nonce = secrets.token_hex(16)
         workdir = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-")

@@ -5,7 +5,9 @@ through the attack), so a score of 0 shows the attack failed; the extra checks l
 trainer's side (files, listener, processes, environment). Short CPU limits keep the table fast.
 
 The fork bomb is linear (at most 300 sleeping children, each forked by the same parent), so even
-with no process cap it could not run away; it is skipped unless the probe reports a cap.
+with no process cap it could not run away; it is skipped unless the probe reports a cap. So is
+each attack that only a namespace stops, where the probe reports none (a hardened kernel): there
+the README's table says what is not isolated.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from stare_lit.scoring import RewardRunner, RewardWarning, Scoring
 
 ROOT = Path(__file__).parents[1]
 ISOLATION = probe()
-CAPPED = ISOLATION.get("process_cap")
 LIMITS = dict(timeout_seconds=15.0, cpu_seconds=1, memory_mb=256, max_processes=16)
 TESTS = ["assert add(2, 3) == 5", "assert add(1, 1) == 2", "assert 0 == add(-4, 4)", "assert add(10, 5) > 14"]
 SECRET = "hf_stare_lit_test_secret_0123456789"
@@ -73,6 +74,7 @@ HOSTILE = {
     "memory_bomb": "blob = bytearray(8 * 1024 ** 3)\n" + CORRECT,
     "gradual_memory_bomb": "def add(a, b):\n    hoard = []\n    while True:\n        hoard.append(bytearray(1 << 26))\n",
     "huge_output": "while True:\n    print('All tests passed ' * 1000)\n",
+    "fills_the_disk": "for i in range(100):\n    open(f'f{i}', 'wb').write(b'x' * (15 << 20))\n" + CORRECT,
     "huge_file": "with open('big', 'wb') as f:\n    while True:\n        f.write(b'x' * (1 << 20))\n" + CORRECT,
     "reads_parent_environment": f"""
         import os
@@ -132,7 +134,17 @@ HOSTILE = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(HOSTILE))
+# What an attack needs isolated to fail, where the kernel does not give it (README, "Code rewards").
+NEEDS = {"fills_the_disk": "private_disk", "reads_parent_environment": "private_proc",
+         "sleeps_forever_in_escaped_child": "pid_namespace"}
+
+
+def needs(what: str):
+    return pytest.mark.skipif(not ISOLATION.get(what), reason=f"no {what} on this machine ({ISOLATION})")
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=needs(NEEDS[name])) if name in NEEDS else name
+                                  for name in sorted(HOSTILE)])
 def test_hostile_program_scores_zero(name, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", SECRET)
     started = time.monotonic()
@@ -141,9 +153,8 @@ def test_hostile_program_scores_zero(name, monkeypatch):
     assert leftover_processes() == []
 
 
+@needs("process_cap")  # never run a fork bomb that nothing caps
 def test_fork_bomb_is_capped():
-    if not CAPPED:
-        pytest.skip(f"no process cap on this machine ({ISOLATION}): not running a fork bomb")
     program = """
         import os, time
         forked = 0
@@ -162,6 +173,7 @@ def test_fork_bomb_is_capped():
     assert leftover_processes() == []
 
 
+@needs("read_only_filesystem")
 def test_writing_outside_its_directory_fails(tmp_path):
     targets = [tmp_path / "outside.txt", os.path.abspath("PWNED_BY_SANDBOX"), os.path.expanduser("~/PWNED_BY_SANDBOX")]
     program = f"""
@@ -174,6 +186,7 @@ def test_writing_outside_its_directory_fails(tmp_path):
     assert not any(os.path.exists(t) for t in targets) and not (tmp_path / "made").exists()
 
 
+@needs("network_namespace")
 def test_opening_a_socket_reaches_nothing():
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.2)
@@ -204,7 +217,7 @@ def _accept_all(listener: socket.socket, accepted: list) -> None:
                 return
 
 
-@pytest.mark.skipif(not ISOLATION.get("pid_namespace"), reason="no PID namespace: a program could signal the trainer")
+@needs("pid_namespace")  # without one a program could signal the trainer: not tried
 def test_killing_its_parent_fails_and_the_worker_lives_on():
     """Through the reward worker (model.scoring.timeout set): the killer scores 0, the worker survives it."""
     killer = textwrap.dedent("""
@@ -319,6 +332,18 @@ def test_environment_is_scrubbed_but_allowed_variables_pass(monkeypatch):
     sandbox = Sandbox(**LIMITS, env_allow=["STARE_LIT_ALLOWED"])
     run = sandbox.run("import os\nprint(sorted(os.environ.items()))", "stdio")
     assert "STARE_LIT_ALLOWED', 'yes'" in run.stdout and SECRET not in run.stdout and "PATH" not in run.stdout
+
+
+def test_no_process_cap_is_refused(monkeypatch):
+    """As root without a pids cgroup nothing caps a fork bomb: the sandbox says so instead of running it."""
+    from stare_lit.sandbox import Run
+
+    uncapped = Run(records=[{"kind": "isolation", "process_cap": False}], exit_code=71, timed_out=False,
+                   overflowed=False, stdout="", stderr="", tampered=False, seconds=0.0)
+    monkeypatch.setattr(Sandbox, "_run", lambda self, workdir, nonce, stdin: uncapped)
+    with pytest.raises(ConfigError, match=r"no writable pids cgroup.*sandbox\.require_process_cap: false"):
+        score(CORRECT)
+    assert Sandbox(require_process_cap=False).run(CORRECT, "asserts") is uncapped
 
 
 def test_sandbox_checks_its_settings():

@@ -23,10 +23,12 @@ CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 def test_config_parses_and_instantiates(config, tiny_model_dir, tmp_path):
     wants_gpu = yaml.safe_load(config.read_text()).get("trainer", {}).get("accelerator") in ("gpu", "cuda")
     cpu = ["--trainer.accelerator", "cpu"] if wants_gpu and not torch.cuda.is_available() else []
+    # A policy built from a config downloads nothing: only its tokenizer path is made absolute.
+    policy = yaml.safe_load(config.read_text()).get("model", {}).get("policy", {})
+    source = (["--model.policy.tokenizer", str(Path(__file__).parents[1] / policy["tokenizer"])] if "config" in policy
+              else ["--model.policy.name_or_path", tiny_model_dir, "--model.policy.tokenizer", tiny_model_dir])
     cli = StareLitCLI(GRPOModule, L.LightningDataModule, subclass_mode_data=True, run=False,
-                      args=["--config", str(config), "--model.policy.name_or_path", tiny_model_dir,
-                            "--model.policy.tokenizer", tiny_model_dir, "--trainer.default_root_dir", str(tmp_path),
-                            *cpu])
+                      args=["--config", str(config), *source, "--trainer.default_root_dir", str(tmp_path), *cpu])
     assert isinstance(cli.model, GRPOModule)
     assert isinstance(cli.datamodule, L.LightningDataModule)
     assert cli.model.tokenizer.pad_token_id is not None

@@ -17,6 +17,7 @@ import lightning as L
 from jsonargparse import CLI, ArgumentError
 from lightning.pytorch.cli import LightningCLI
 
+from stare_lit import preemption
 from stare_lit.checkpoint import check_checkpoint_file
 from stare_lit.compare import compare
 from stare_lit.errors import StareLitError
@@ -69,6 +70,13 @@ def main(argv: list[str] | None = None) -> None:
             return
         StareLitCLI(GRPOModule, L.LightningDataModule, subclass_mode_data=True, args=None if from_shell else argv,
                     save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False})
+    except SystemExit as err:
+        stop = preemption.stop_behind(err)  # Lightning's stop after a signal (stare_lit.preemption)
+        if stop is None:
+            raise
+        if stop.rank_zero:
+            print(stop.message(), file=sys.stderr, flush=True)
+        sys.exit(stop.exit_code)
     except ArgumentError as err:  # a bad key, type or file in the settings, found while parsing them
         command = " ".join(["stare-lit", *argv[:1]])
         sys.exit(f"stare-lit: error: {' '.join(str(err).split())} (every setting: {command} --help)")

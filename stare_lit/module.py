@@ -45,6 +45,7 @@ from stare_lit.errors import ConfigError, NonFiniteError, check
 from stare_lit.logprobs import token_logprobs_and_entropy
 from stare_lit.loss import Aggregation, policy_loss
 from stare_lit.metrics import StepKeys
+from stare_lit import preemption
 from stare_lit.policy import Policy
 from stare_lit.rewards import Reward
 from stare_lit.rng import TRAIN, VALIDATION, rng_states, seeded, set_rng_states, stream_seed
@@ -249,6 +250,13 @@ class GRPOModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self._ref_model[0] is not None:
             self._ref_model[0].to(self.device)
+
+    def on_train_start(self) -> None:
+        preemption.watch(self.trainer)  # after Lightning installed its signal handlers (stare_lit.preemption)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # The step is complete: where a scheduled checkpoint is saved, a signal's last.ckpt is too.
+        preemption.stop_if_signalled(self.trainer)
 
     # ---------------------------------------------------------------- pieces of a step
     @property

@@ -76,3 +76,11 @@ class UnloadableReward(Reward):
 
 def _refuse_to_load():
     raise ModuleNotFoundError("No module named 'my_training_script'")
+
+
+class DigitShare(Reward):
+    """A graded reward a random tiny model earns (the share of '1's it writes), so every step learns."""
+
+    def __call__(self, prompts, completions, **columns):
+        return [text.count("1") / max(len(text), 1) for text in completions]
+

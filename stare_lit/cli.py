@@ -17,7 +17,7 @@ import lightning as L
 from jsonargparse import CLI, ArgumentError
 from lightning.pytorch.cli import LightningCLI
 
-from stare_lit import preemption
+from stare_lit import blame, preemption
 from stare_lit.checkpoint import check_checkpoint_file
 from stare_lit.compare import compare
 from stare_lit.errors import StareLitError
@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as err:  # noqa: BLE001 - only our own errors are turned into one line
         cause = _user_error(err)
         if cause is None:
+            blame.announce(err)  # a user's reward, scheme or callback raised: its traceback follows
             raise
+        blame.print_kept_traceback(cause)
         sys.exit(f"stare-lit: error: {cause}")
 
 

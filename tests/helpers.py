@@ -84,3 +84,13 @@ class DigitShare(Reward):
     def __call__(self, prompts, completions, **columns):
         return [text.count("1") / max(len(text), 1) for text in completions]
 
+
+
+from stare_lit.weighting import GRPO  # noqa: E402 - torch only, no Lightning
+
+
+class RaisingScheme(GRPO):
+    """A token-weighting scheme with a bug: its weights raise."""
+
+    def weights(self, tokens):
+        raise ZeroDivisionError("bug in user scheme")

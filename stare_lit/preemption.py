@@ -117,9 +117,23 @@ def stop_if_signalled(trainer) -> Stop | None:
     path = checkpoint_path(trainer)
     trainer.save_checkpoint(path)  # every rank: sharded saves are collectives
     stopped = Stop(int(flag.item()), trainer.global_step, os.path.abspath(path), trainer.is_global_zero)
+    requeue_on_slurm(trainer, stopped.signum)
     # Lightning's loops end the run at this step's end once this is set (SIGTERMException).
     trainer._signal_connector.received_sigterm = True
     return stopped
+
+
+def requeue_on_slurm(trainer, signum: int) -> None:
+    """Under ``SLURMEnvironment(auto_requeue=True)``, its requeue signal (SIGUSR1 by default) also runs
+    Lightning's requeue — here, at the step's end, on every rank, rather than inside its signal handler
+    mid-step: it saves ``<default_root_dir>/hpc_ckpt_N.ckpt`` (which the requeued job, started with the
+    same command, resumes from by itself) and rank 0 calls ``scontrol requeue``."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    environment = trainer._accelerator_connector.cluster_environment
+    if (isinstance(environment, SLURMEnvironment) and environment.auto_requeue
+            and signum == (environment.requeue_signal or signal.SIGUSR1)):
+        trainer._signal_connector._slurm_sigusr_handler_fn(signum, None)
 
 
 def checkpoint_path(trainer) -> str:

@@ -110,3 +110,26 @@ def test_sigusr1_in_process_saves_and_exits_138(tiny_model_dir, tmp_path, capsys
     assert f"stopped by SIGUSR1 after step 2; saved {last}" in capsys.readouterr().err
     assert torch.load(last, weights_only=True)["global_step"] == 2
     assert signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None)  # Lightning put back what was there
+
+
+def test_slurm_auto_requeue_saves_the_hpc_checkpoint_at_the_step_end_and_requeues(tiny_model_dir, tmp_path, capsys,
+                                                                                  monkeypatch):
+    """On SLURM (``SLURMEnvironment(auto_requeue=True)``, detected from the environment), SIGUSR1 also saves
+    Lightning's hpc_ckpt — which the requeued job resumes from by itself — and calls ``scontrol requeue``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/scontrol.args\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    for key, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "grpo", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",
+                       "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}.items():
+        monkeypatch.setenv(key, value)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(args(tiny_model_dir, run, waiter(tmp_path, 2, send=int(signal.SIGUSR1)), "--trainer.max_steps", "3"))
+    assert exit_info.value.code == 128 + signal.SIGUSR1
+    assert (tmp_path / "scontrol.args").read_text().split() == ["requeue", "4242"]
+    hpc = torch.load(run / "hpc_ckpt_1.ckpt", weights_only=True)
+    last = torch.load(run / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert hpc["global_step"] == last["global_step"] == 2
+    assert all(torch.equal(hpc["state_dict"][k], v) for k, v in last["state_dict"].items())

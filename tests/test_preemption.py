@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import torch.distributed as dist
 
 from stare_lit.cli import main
 from tests.test_cli import ROOT, STARE_CONFIG
@@ -51,9 +52,9 @@ def uninterrupted(tiny_model_dir, tmp_path_factory):
     return metrics(folder)
 
 
-def waiter(folder: Path, step: int, send: int | None = None) -> str:
+def waiter(folder: Path, step: int, send: int | None = None, rank: int | None = None) -> str:
     return "--trainer.callbacks+=" + json.dumps({"class_path": "tests.user_callbacks.WaitForSignal", "init_args": {
-        "step": step, "marker": str(folder / "in-step"), "send": send}})
+        "step": step, "marker": str(folder / "in-step"), "send": send, "rank": rank}})
 
 
 def interrupt(model: str, folder: Path, step: int, signum: int) -> subprocess.CompletedProcess:
@@ -133,3 +134,35 @@ def test_slurm_auto_requeue_saves_the_hpc_checkpoint_at_the_step_end_and_requeue
     last = torch.load(run / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert hpc["global_step"] == last["global_step"] == 2
     assert all(torch.equal(hpc["state_dict"][k], v) for k, v in last["state_dict"].items())
+
+
+@pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo")
+def test_two_ranks_agree_and_both_take_part_in_the_sharded_save(tiny_model_dir, tmp_path):
+    """FSDP2 on 2 CPU processes (gloo): only rank 0 gets SIGTERM (rank 1 is its child and never sees it); the
+    all-reduce at the step's end makes both ranks save the sharded last.ckpt together and exit 143."""
+    marker = tmp_path / "in-step"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("MASTER_PORT", None)
+    command = [sys.executable, "-m", "stare_lit.cli", *args(tiny_model_dir, tmp_path, waiter(tmp_path, 2, rank=0)),
+               "--trainer.max_steps", "4", "--trainer.devices", "2", "--trainer.strategy",
+               "stare_lit.strategy.AtomicModelParallelStrategy", "--trainer.strategy.init_args.data_parallel_size", "2",
+               "--trainer.strategy.init_args.tensor_parallel_size", "1",
+               "--trainer.strategy.init_args.process_group_backend", "gloo",
+               "--data.init_args.batch_size", "2", "--data.init_args.num_val_prompts", "4"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                               cwd=tmp_path, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), process.communicate()[0][-4000:]
+        process.send_signal(signal.SIGTERM)  # rank 0 only
+        output, _ = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 143, output[-4000:]
+    last = tmp_path / "version_0" / "checkpoints" / "last.ckpt"
+    assert output.count(f"stopped by SIGTERM after step 2; saved {last}") == 1, output[-4000:]  # rank 0 prints
+    assert (last / ".metadata").is_file() and len(list(last.glob("*.distcp"))) == 2  # both ranks wrote a shard
+    assert not list(last.parent.glob(".*"))  # swapped in whole: no .tmp or .old left

@@ -8,8 +8,9 @@ class WaitForSignal(Callback):
     signal arrives (at most ``timeout`` seconds): the test sends a real one from outside the process, or
     ``send`` (a signal number) is sent to this process from here."""
 
-    def __init__(self, step: int, marker: str, timeout: float = 120.0, send: int | None = None) -> None:
-        self.step, self.marker, self.timeout, self.send = step, marker, timeout, send
+    def __init__(self, step: int, marker: str, timeout: float = 120.0, send: int | None = None,
+                 rank: int | None = None) -> None:
+        self.step, self.marker, self.timeout, self.send, self.rank = step, marker, timeout, send, rank
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         import time
@@ -17,8 +18,8 @@ class WaitForSignal(Callback):
 
         from stare_lit import preemption
 
-        if trainer.global_step != self.step - 1:
-            return
+        if trainer.global_step != self.step - 1 or self.rank not in (None, trainer.global_rank):
+            return  # with ``rank``, only that rank waits (the others go on, into the step's collectives)
         Path(self.marker).write_text(str(self.step))
         if self.send is not None:
             import os

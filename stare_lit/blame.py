@@ -58,6 +58,11 @@ def announce(error: BaseException) -> None:
 def print_kept_traceback(error: BaseException) -> None:
     """A stare-lit error about a user's code (a ``RewardError``) carries that code's traceback: print it,
     headed by whose code it is, before the one-line error."""
+    from stare_lit.errors import StareLitError
+
     text, who = getattr(error, "user_traceback", None), getattr(error, "owner", None)
+    cause = error.__cause__
+    if not text and cause is not None and not isinstance(cause, StareLitError):  # raised ... from the user's error
+        text, who = "".join(traceback.format_exception(cause)), who or owner(cause)
     if text:
         print(f"stare-lit: {who or 'user code'} raised:\n{text.rstrip()}", file=sys.stderr, flush=True)

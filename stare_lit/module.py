@@ -123,7 +123,7 @@ class GRPOModule(L.LightningModule):
             no policy gradient but would otherwise dilute token-mean.
         updates_per_batch: μ, optimizer steps per rollout batch (1 = on-policy).
         micro_batch_size: completions per forward/backward (gradient accumulation); None = all.
-        grad_clip: max global gradient norm, or None.
+        grad_clip: max global gradient norm (> 0), or None for no clipping.
         optimizer: any torch optimizer (class_path + init_args in YAML).
         lr_scheduler: any torch LR scheduler, stepped once per optimizer step.
         logprob_chunk_size: rows of the log-prob/entropy pass computed at once.

@@ -14,8 +14,8 @@ signal some seconds before it kills a job. What happens then:
    optimizer, LR scheduler, loop progress, the loader's position, RNG states, the scheme's and the
    callbacks' states.
 3. Lightning's own stop then ends the run: its loops check ``trainer.received_sigterm`` once the
-   step's metrics are logged (a validation due at that step still runs), raise ``SIGTERMException``,
-   and the loggers are flushed. ``stare-lit fit`` prints where the checkpoint is and how to resume,
+   step's metrics are logged (a validation due at that step stops after its first batch), raise
+   ``SIGTERMException``, and the loggers are flushed. ``stare-lit fit`` prints where the checkpoint is and how to resume,
    and exits with 128 + the signal number (143 for SIGTERM, 130 for SIGINT, 138 for SIGUSR1), so a
    scheduler sees a job that did not finish.
 

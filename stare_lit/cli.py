@@ -25,6 +25,7 @@ import lightning as L
 from jsonargparse import CLI, ArgumentError
 from lightning.pytorch.cli import LightningCLI
 
+from stare_lit import blame, preemption
 from stare_lit.checkpoint import check_checkpoint_file
 from stare_lit.console import quiet_lightning, use_step_progress_bar
 from stare_lit.errors import StareLitError
@@ -101,13 +102,22 @@ def main(argv: list[str] | None = None) -> None:
             return
         StareLitCLI(GRPOModule, L.LightningDataModule, subclass_mode_data=True, args=None if from_shell else argv,
                     save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False})
+    except SystemExit as err:
+        stop = preemption.stop_behind(err)  # Lightning's stop after a signal (stare_lit.preemption)
+        if stop is None:
+            raise
+        if stop.rank_zero:
+            print(stop.message(), file=sys.stderr, flush=True)
+        sys.exit(stop.exit_code)
     except ArgumentError as err:  # a bad key, type or file in the settings, found while parsing them
         command = " ".join(["stare-lit", *argv[:1]])
         sys.exit(f"stare-lit: error: {' '.join(str(err).split())} (every setting: {command} --help)")
     except Exception as err:  # noqa: BLE001 - only our own errors are turned into one line
         cause = _user_error(err)
         if cause is None:
+            blame.announce(err)  # a user's reward, scheme or callback raised: its traceback follows
             raise
+        blame.print_kept_traceback(cause)
         sys.exit(f"stare-lit: error: {cause}")
 
 

@@ -56,6 +56,7 @@ from torch.utils.data import DataLoader
 
 from stare_lit.errors import ConfigError, check
 from stare_lit.loader import PromptLoader
+from stare_lit.rows import usable, usable_rows
 
 #: How the settings are spelled in YAML (``data: {class_path: ..., init_args: {...}}``).
 SETTING = "data.init_args"
@@ -166,11 +167,11 @@ def _format_rows(
     for i in range(n):
         row = {c: batch[c][i] for c in columns}
         text = row[prompt_column]
-        check(
-            isinstance(text, str),
-            f"{_key('prompt_column')}: column '{prompt_column}' of split '{split}' holds "
-            f"{type(text).__name__} ({text!r:.80}), not text; point it at a text column",
-        )
+        if not usable(text):  # empty or None: the row is dropped with a count (stare_lit.rows)
+            prompts.append("")
+            if answer_column is not None:
+                answers.append(None)
+            continue
         try:
             prompts.append(template.format(**{**row, "prompt": text}))
         except (KeyError, IndexError, AttributeError, TypeError, ValueError) as e:
@@ -381,6 +382,11 @@ class PromptDataModule(L.LightningDataModule):
               f"{_key('answer_column')}: no column '{self.answer_column}' in split '{split}' of "
               f"'{self.path}'; available columns: {available}. Set it to the gold-answer column, "
               "or null for none")
+        feature = ds.features[self.prompt_column]
+        check(isinstance(feature, Value) and feature.dtype in ("string", "large_string"),
+              f"{_key('prompt_column')}: column '{self.prompt_column}' of split '{split}' holds "
+              f"{feature.dtype if isinstance(feature, Value) else type(feature).__name__.lower()} values, not text; "
+              "point it at a text column")
         missing = [f for f in self._template_fields if f not in columns and f != "prompt"]
         check(not missing,
               f"{_key('prompt_template')}: refers to {', '.join('{' + f + '}' for f in missing)}, "
@@ -474,12 +480,18 @@ def train_loader(datamodule: L.LightningDataModule, rows, batch_size: int, seed:
     """The resumable training loader over ``rows``, with this process's share of every epoch."""
     trainer = datamodule.trainer
     rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+    rows = usable_rows(rows, "training")
+    check(len(rows) // world >= batch_size,
+          f"{_key('batch_size')}: {batch_size} prompts per step, but the {len(rows)} usable training prompts give "
+          f"each of {world} device(s) only {len(rows) // world}, so no full batch exists; lower batch_size or "
+          "train on more prompts")
     return PromptLoader(rows, batch_size, collate_prompts, seed=seed, rank=rank, world_size=world)
 
 
 def val_loader(rows, batch_size: int) -> DataLoader:
     """In order, all rows (Lightning splits it across ranks). Its own generator: creating its iterator
     must not draw from the global RNG, or validation would shift every later training step's RNG."""
+    rows = usable_rows(rows, "validation")
     return DataLoader(rows, batch_size=batch_size, shuffle=False, drop_last=False, collate_fn=collate_prompts,
                       generator=torch.Generator().manual_seed(0))
 

@@ -40,7 +40,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from stare_lit import preemption
 from stare_lit.advantages import AdvantageScale, equal_groups, group_advantages
+from stare_lit.checks import check_finite_floats, check_optimizer, finite
 from stare_lit.distributed import all_reduce_sum, masked_mean
 from stare_lit.errors import ConfigError, NonFiniteError, check
 from stare_lit.logprobs import token_logprobs_and_entropy
@@ -51,6 +53,7 @@ from stare_lit.policy import Policy
 from stare_lit.rewards import Reward
 from stare_lit.rng import TRAIN, VALIDATION, rng_states, seeded, set_rng_states, stream_seed
 from stare_lit.rollout import Rollout, Sampling, format_prompts, generate
+from stare_lit.rows import check_prompts
 from stare_lit.scoring import RewardRunner, ScoredBatch, Scoring, none_fraction
 from stare_lit.weighting import GRPO, TokenBatch, TokenWeighting
 
@@ -122,7 +125,7 @@ class GRPOModule(L.LightningModule):
             no policy gradient but would otherwise dilute token-mean.
         updates_per_batch: μ, optimizer steps per rollout batch (1 = on-policy).
         micro_batch_size: completions per forward/backward (gradient accumulation); None = all.
-        grad_clip: max global gradient norm, or None.
+        grad_clip: max global gradient norm (> 0), or None for no clipping.
         optimizer: any torch optimizer (class_path + init_args in YAML).
         lr_scheduler: any torch LR scheduler, stepped once per optimizer step.
         logprob_chunk_size: rows of the log-prob/entropy pass computed at once.
@@ -172,11 +175,25 @@ class GRPOModule(L.LightningModule):
         check(micro_batch_size is None or micro_batch_size >= 1, "model.micro_batch_size must be >= 1 or null")
         check(0 <= accuracy_reward < len(rewards), f"model.accuracy_reward must index model.rewards, got {accuracy_reward}")
         check(val_samples >= 1, f"model.val_samples must be >= 1, got {val_samples}")
+        check(finite(val_temperature) and val_temperature >= 0,
+              f"model.val_temperature must be >= 0 (0 = greedy), got {val_temperature}")
         check(val_temperature > 0 or val_samples == 1, "model.val_temperature 0 (greedy) needs model.val_samples 1")
         check(max_nonfinite_steps >= 1, f"model.max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
+        # A negative grad_clip would make clip_grad_norm_ flip every gradient: the run would climb the loss.
+        check(grad_clip is None or (finite(grad_clip) and grad_clip > 0),
+              f"model.grad_clip must be > 0 (the max global gradient norm, e.g. 1.0) or null for no clipping, got {grad_clip}")
+        check(finite(advantage_eps) and advantage_eps >= 0, f"model.advantage_eps must be >= 0, got {advantage_eps}")
+        check(logprob_chunk_size >= 1, f"model.logprob_chunk_size must be >= 1 (rows per log-prob pass), got {logprob_chunk_size}")
+        check(peak_flops is None or (finite(peak_flops) and peak_flops > 0),
+              f"model.peak_flops must be > 0 (FLOP/s, e.g. 989e12) or null, got {peak_flops}")
+        check(system_prompt is None or chat_template,
+              "model.system_prompt is set but model.chat_template is false, so it would never be used; "
+              "set model.chat_template: true or remove model.system_prompt")
+        check_optimizer(optimizer, lr_scheduler)
         self.automatic_optimization = False
         self.policy = policy
         self.scheme = scheme if scheme is not None else GRPO()
+        check_finite_floats(self.scheme, "model.scheme.init_args")
         check(not self.scheme.needs_whole_groups or micro_batch_size is None or micro_batch_size % group_size == 0,
               f"model.micro_batch_size must be a multiple of model.group_size ({group_size}) for "
               f"{type(self.scheme).__name__}, whose statistics are per group")
@@ -200,6 +217,8 @@ class GRPOModule(L.LightningModule):
         self.peak_flops = peak_flops
         self.max_nonfinite_steps = max_nonfinite_steps
         self.tokenizer = policy.load_tokenizer()  # early: a bad path fails before anything is written
+        check(not chat_template or getattr(self.tokenizer, "chat_template", None) is not None,
+              "model.chat_template is true but the tokenizer has no chat template; set it to false")
         self.model = None
         self._ref_model = [None]  # in a list: frozen, not a submodule, not in checkpoints
         self.val_mean_at_k = MeanMetric()
@@ -258,6 +277,13 @@ class GRPOModule(L.LightningModule):
         if self._ref_model[0] is not None:
             self._ref_model[0].to(self.device)
 
+    def on_train_start(self) -> None:
+        preemption.watch(self.trainer)  # after Lightning installed its signal handlers (stare_lit.preemption)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # The step is complete: where a scheduled checkpoint is saved, a signal's last.ckpt is too.
+        preemption.stop_if_signalled(self.trainer)
+
     # ---------------------------------------------------------------- pieces of a step
     @property
     def rollout_seed(self) -> int:
@@ -268,6 +294,7 @@ class GRPOModule(L.LightningModule):
 
     def rollout(self, prompts: list[str], group_size: int, greedy: bool = False, seed: int | None = None) -> Rollout:
         """Sample ``group_size`` completions per prompt; from the stream ``seed`` if given (see stare_lit.rng)."""
+        check_prompts(prompts)
         texts = format_prompts(self.tokenizer, prompts, self.chat_template, self.system_prompt)
         if seed is None:
             return generate(self.model, self.tokenizer, texts, group_size, self.sampling, greedy=greedy)

@@ -29,6 +29,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, 
 from stare_lit.errors import ConfigError, check
 from stare_lit.lora import LoRA
 
+#: What transformers' ``attn_implementation`` accepts, besides a Hub kernel's ``org/name``.
+ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -73,6 +76,10 @@ class Policy:
             if value is not None and _looks_local(value) and not os.path.exists(value):
                 raise ConfigError(f"model.policy.{key}: '{value}' does not exist; give an existing directory or a "
                                   "Hugging Face model name (for the offline default run `stare-lit warmstart` first)")
+
+        check(self.attn_implementation is None or self.attn_implementation in ATTENTION or "/" in self.attn_implementation,
+              f"model.policy.attn_implementation: {self.attn_implementation!r} is not one of {', '.join(ATTENTION)} "
+              "(or a Hub kernel 'org/name'); pick one, or null to let transformers choose")
 
     def load_tokenizer(self):
         source = self.tokenizer or self.name_or_path

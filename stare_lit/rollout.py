@@ -16,6 +16,7 @@ engine). The gathered values are bit-identical to the unsharded model's.
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -51,9 +52,15 @@ class Sampling:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        check(self.temperature > 0, f"model.sampling.temperature must be > 0, got {self.temperature}")
+        check(self.temperature > 0 and math.isfinite(self.temperature),
+              f"model.sampling.temperature must be > 0, got {self.temperature}")
         check(0 < self.top_p <= 1, f"model.sampling.top_p must be in (0, 1], got {self.top_p}")
         check(self.max_new_tokens >= 1, f"model.sampling.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        check(self.top_k >= 0, f"model.sampling.top_k must be >= 0 (0 = off), got {self.top_k}")
+        check(self.max_prompt_length is None or self.max_prompt_length >= 1,
+              f"model.sampling.max_prompt_length must be >= 1 (tokens) or null for no cut, got {self.max_prompt_length}")
+        check(all(isinstance(s, str) and s != "" for s in self.stop),
+              f"model.sampling.stop: every stop string must be non-empty text, got {self.stop!r}")
 
 
 @dataclass

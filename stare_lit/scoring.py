@@ -29,6 +29,7 @@ import numbers
 import os
 import pickle
 import signal
+import traceback
 import warnings
 import weakref
 from collections.abc import Iterator, Sequence
@@ -39,6 +40,7 @@ from typing import Any, Literal, Optional
 
 import torch
 
+from stare_lit import blame
 from stare_lit.errors import ConfigError, StareLitError, check
 from stare_lit.rewards import Reward
 
@@ -239,8 +241,11 @@ class RewardRunner:
             elif kind == "config":
                 raise ConfigError(detail)
             elif self.scoring.on_error == "fail":
-                raise RewardError(f"reward '{name}' {detail} on {batch.where(i)}; fix the reward, or set"
-                                  " model.scoring.on_error: none to score such completions as None")
+                error = RewardError(f"reward '{name}' {detail} on {batch.where(i)}; fix the reward, or set"
+                                    " model.scoring.on_error: none to score such completions as None")
+                error.user_traceback = getattr(detail, "traceback", "")
+                error.owner = f"the reward {blame.qualified(self.rewards[self.names.index(name)])}"
+                raise error
             else:
                 failed.append((i, detail))
         return values, failed, timed_out
@@ -470,12 +475,21 @@ def _score_one(reward: Reward, prompts: list[str], completions: list[str], colum
     except ConfigError as error:
         return ("config", str(error))
     except Exception as error:
-        return ("failed", f"raised {type(error).__name__}: {_short(str(error))}")
+        failure = _Failure(f"raised {type(error).__name__}: {_short(str(error))}")
+        failure.traceback = traceback.format_exc()  # kept for the user (stare_lit.blame)
+        return ("failed", failure)
     try:
         (value,) = _as_list(returned, 1)
     except _BadShape as problem:
         return ("failed", f"returned {problem.got} when called on it alone, not a list of one value,")
     return _judge(value)
+
+
+class _Failure(str):
+    """Why a reward failed on a completion, as text, with the traceback of its exception (a str, so that
+    the worker sends it back as it is)."""
+
+    traceback = ""
 
 
 def _short(text: str, limit: int = _MESSAGE_LIMIT) -> str:

@@ -112,3 +112,21 @@ class RowsDataModule(LightningDataModule):
         from stare_lit.data import val_loader
 
         return val_loader(self.rows, self.batch_size)
+
+
+class DigitShare(Reward):
+    """A graded reward a random tiny model earns (the share of '1's it writes), so every step learns."""
+
+    def __call__(self, prompts, completions, **columns):
+        return [text.count("1") / max(len(text), 1) for text in completions]
+
+
+
+from stare_lit.weighting import GRPO  # noqa: E402 - torch only, no Lightning
+
+
+class RaisingScheme(GRPO):
+    """A token-weighting scheme with a bug: its weights raise."""
+
+    def weights(self, tokens):
+        raise ZeroDivisionError("bug in user scheme")

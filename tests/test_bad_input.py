@@ -58,8 +58,51 @@ CASES = [
     ("checkpoint missing", ["--ckpt_path", "{folder}/no_such.ckpt"], "ckpt_path"),
     ("checkpoint truncated", ["--ckpt_path", "{folder}/truncated.ckpt"], "not a readable checkpoint"),
     ("checkpoint of another model", ["--ckpt_path", "{folder}/other_model.ckpt"], "another model"),
-    # a reward function with a bug, met during training
-    ("reward that raises", ["--model.rewards+=tests.helpers.RaisingReward"], "raising_reward"),
+    # settings torch or transformers would refuse only once the run has started, or never
+    ("negative learning rate", ["--model.optimizer.init_args.lr", "-1"], "model.optimizer: torch.optim.adamw.AdamW"),
+    ("betas outside [0, 1)", ["--model.optimizer.init_args.betas", "[1.5, 0.9]"], "fix model.optimizer.init_args"),
+    ("negative weight decay", ["--model.optimizer.init_args.weight_decay", "-0.1"], "model.optimizer"),
+    ("scheduler that refuses its settings", ["--model.lr_scheduler", "torch.optim.lr_scheduler.LinearLR",
+                                             "--model.lr_scheduler.init_args.start_factor", "2"], "model.lr_scheduler"),
+    ("top_k < 0", ["--model.sampling.top_k", "-3"], "model.sampling.top_k must be >= 0"),
+    ("negative grad_clip (trains backwards)", ["--model.grad_clip", "-1"], "model.grad_clip must be > 0"),
+    ("grad_clip 0", ["--model.grad_clip", "0"], "model.grad_clip must be > 0"),
+    ("max_prompt_length 0", ["--model.sampling.max_prompt_length", "0"], "model.sampling.max_prompt_length"),
+    ("max_new_tokens 0", ["--model.sampling.max_new_tokens", "0"], "model.sampling.max_new_tokens"),
+    ("empty stop string", ["--model.sampling.stop", '[""]'], "model.sampling.stop"),
+    ("logprob_chunk_size 0", ["--model.logprob_chunk_size", "0"], "model.logprob_chunk_size"),
+    ("negative val_temperature", ["--model.val_temperature", "-1"], "model.val_temperature must be >= 0"),
+    ("val_samples 0", ["--model.val_samples", "0"], "model.val_samples"),
+    ("negative advantage_eps", ["--model.advantage_eps", "-1"], "model.advantage_eps"),
+    ("peak_flops 0", ["--model.peak_flops", "0"], "model.peak_flops"),
+    ("system prompt without a chat template", ["--model.system_prompt", "Be brief."], "model.system_prompt"),
+    ("chat template the tokenizer lacks", ["--model.chat_template", "true"], "model.chat_template"),
+    ("unknown attention implementation", ["--model.policy.attn_implementation", "fast"],
+     "model.policy.attn_implementation"),
+    ("infinite STARE target entropy", ["--model.scheme.init_args.target_entropy", "inf"],
+     '"target_entropy"'),  # jsonargparse takes no inf or nan for a float; stare_lit.checks does for Python callers
+    ("ERPO with no buckets", ["--model.scheme", "stare_lit.erpo.ERPO", "--model.scheme.init_args.num_buckets", "0"],
+     "model.scheme.init_args.num_buckets"),
+    ("clip_low 1", ["--model.loss.clip_low", "1"], "model.loss"),
+    ("negative KL beta", ["--model.loss.beta", "-1"], "model.loss.beta"),
+    ("updates_per_batch 0", ["--model.updates_per_batch", "0"], "model.updates_per_batch"),
+    ("accuracy_reward out of range", ["--model.accuracy_reward", "5"], "model.accuracy_reward"),
+    ("val_batch_size 0", ["--data.init_args.val_batch_size", "0"], "val_batch_size"),
+    ("validation uses up every problem", ["--data.init_args.min_digits", "1", "--data.init_args.max_digits", "1",
+                                          "--data.init_args.num_val_prompts", "81"], "num_val_prompts"),
+    # data rows that cannot be generated from (stare_lit.rows: dropped, or refused when nothing can train)
+    ("every prompt empty", [*DATA, "--data.init_args.path", "{folder}/empty_prompts.jsonl"],
+     "have an empty or non-text prompt"),
+    ("prompts all null", [*DATA, "--data.init_args.path", "{folder}/null_prompts.jsonl"], "not text"),
+    ("prompts are numbers", [*DATA, "--data.init_args.path", "{folder}/number_prompts.jsonl"],
+     "holds int64 values, not text"),
+    ("too few usable prompts for a batch", [*DATA, "--data.init_args.path", "{folder}/mostly_empty.jsonl",
+                                            "--data.init_args.batch_size", "4", "--data.init_args.val_size", "1"],
+     "usable training prompts"),
+    ("max_train_prompts 0", [*DATA, "--data.init_args.path", "{folder}/good.jsonl",
+                             "--data.init_args.max_train_prompts", "0"], "max_train_prompts"),
+    ("val_size not a count", [*DATA, "--data.init_args.path", "{folder}/good.jsonl", "--data.init_args.val_size",
+                              "2.5"], "val_size"),
 ]
 
 
@@ -86,6 +129,11 @@ def earlier_run(tmp_path_factory, tiny_model_dir):
     (folder / "latin1.jsonl").write_bytes('{"prompt": "caf\u00e9 1+1=", "answer": "2"}\n'.encode("latin-1") * 8)
     (folder / "broken.jsonl").write_text('{"prompt": "1+1=", "answer": \n' * 8)
     (folder / "good.jsonl").write_text('{"prompt": "1+1=", "answer": "2"}\n' * 8)
+    (folder / "empty_prompts.jsonl").write_text('{"prompt": "", "answer": "2"}\n' * 8)
+    (folder / "null_prompts.jsonl").write_text('{"prompt": null, "answer": "2"}\n' * 8)
+    (folder / "number_prompts.jsonl").write_text('{"prompt": 12, "answer": "2"}\n' * 8)
+    (folder / "mostly_empty.jsonl").write_text('{"prompt": "1+1=", "answer": "2"}\n' * 3
+                                               + '{"prompt": " ", "answer": "2"}\n' * 6)
     bad_tokenizer(folder / "bare_tokenizer")
     last = next(p for p in written if p.name == "last.ckpt")
     (folder / "truncated.ckpt").write_bytes(last.read_bytes()[: last.stat().st_size // 2])
@@ -113,4 +161,35 @@ def test_bad_input_fails_with_one_line_and_loses_nothing(earlier_run, extra, exp
 
 
 def test_the_table_is_at_least_twenty_rows():
-    assert len(CASES) >= 20 and len({c[0] for c in CASES}) == len(CASES)
+    assert len(CASES) >= 45 and len({c[0] for c in CASES}) == len(CASES)
+
+
+# A user's own code that raises: its traceback is kept, with one line first naming whose code it is.
+USER_CODE = [
+    ("reward", ["--model.rewards+=tests.helpers.RaisingReward"], "the reward tests.helpers.RaisingReward raised:",
+     "bug in user reward"),
+    ("scheme", ["--model.scheme", "tests.helpers.RaisingScheme"], "the scheme tests.helpers.RaisingScheme raised:",
+     "bug in user scheme"),
+    ("callback", ["--trainer.callbacks+=tests.user_callbacks.FailingCallback"],
+     "the callback tests.user_callbacks.FailingCallback raised:", "bug in user callback"),
+]
+
+
+@pytest.mark.parametrize("extra,header,detail", [c[1:] for c in USER_CODE], ids=[c[0] for c in USER_CODE])
+def test_user_code_that_raises_keeps_its_traceback(earlier_run, extra, header, detail, capsys):
+    tiny_model_dir, folder, written = earlier_run
+    with pytest.raises(BaseException) as raised:
+        main(fit_args(tiny_model_dir, folder, *extra))
+    err = capsys.readouterr().err
+    assert f"stare-lit: {header}" in err, err[-2000:]
+    if isinstance(raised.value, SystemExit):  # a reward: stare-lit prints the traceback, then one line
+        message = raised.value.code
+        assert message.startswith("stare-lit: error: reward 'raising_reward'") and "\n" not in message, message
+        assert "Traceback (most recent call last)" in err and "tests/helpers.py" in err and detail in err
+        assert err.index(header) < err.index("Traceback")
+    else:  # a scheme or a callback: the exception itself goes on, with its traceback, after the line
+        assert detail in str(raised.value)
+        frames = [str(entry.path) for entry in raised.traceback]
+        assert any(name.endswith(("tests/helpers.py", "tests/user_callbacks.py")) for name in frames), frames
+    for path, content in written.items():
+        assert path.read_bytes() == content, f"{path} changed"

@@ -123,6 +123,11 @@ class ArithmeticDataModule(L.LightningDataModule):
         check(batch_size >= 1, f"{key}.batch_size must be >= 1, got {batch_size}")
         check(num_train_prompts >= batch_size, f"{key}.num_train_prompts must be >= batch_size")
         check(num_val_prompts >= 1, f"{key}.num_val_prompts must be >= 1, got {num_val_prompts}")
+        check(val_batch_size >= 1, f"{key}.val_batch_size must be >= 1, got {val_batch_size}")
+        operands = sum(9 * 10 ** (d - 1) for d in range(min_digits, max_digits + 1))
+        check(num_val_prompts < operands**2,  # else the validation pairs could leave none for training
+              f"{key}.num_val_prompts: {num_val_prompts} held-out problems would use up all {operands**2} "
+              f"pairs of {min_digits}..{max_digits}-digit operands; lower it or raise max_digits")
         self.save_hyperparameters()
         self.train_rows: list[dict] = []
         self.val_rows: list[dict] = []

@@ -21,9 +21,10 @@ the cache and the attention call are its own. Measured on CPU (benchmarks/rollou
 in ``generate`` at small and mid sizes is the Python around the forward (cache objects, mask
 construction, logits processors), not the arithmetic.
 
-Sampling is the reference's: logits in float32, then Hugging Face's own temperature, top-k and
-top-p warpers in generate's order, softmax and ``torch.multinomial`` on the global RNG (which the
-module seeds per rollout: resumable streams); greedy is argmax. Stop strings use Hugging Face's
+Sampling is the reference's distribution: logits in float32, then Hugging Face's own temperature,
+top-k and top-p warpers in generate's order, softmax, and a draw from it on the global RNG (which the
+module seeds per rollout: resumable streams) — by the inverse CDF rather than ``torch.multinomial``,
+which was slower (see ``_choose``); greedy is argmax. Stop strings use Hugging Face's
 ``StopStringCriteria`` on the whole sequence, as generate does. The output has the reference's layout
 (prompt-major rows, pad after the end, as long as the longest completion), so everything downstream
 is shared (stare_lit.rollout.to_rollout).
@@ -121,7 +122,7 @@ class FastRollout(RolloutEngine):
         next_pos = attn.sum(-1).repeat_interleave(G)  # (N,) position of the next token: real tokens so far
         steps = 0
         for t in range(T):
-            tokens = _choose(logits, warpers, seq[rows, :P + t], greedy)  # (batch,)
+            tokens = _choose(logits, warpers, greedy)  # (batch,)
             tokens = torch.where(live, tokens, tokenizer.pad_token_id)
             seq[rows, P + t] = tokens
             steps = t + 1
@@ -174,8 +175,7 @@ class _Decoder:
         self.tok = torch.zeros(rows, 1, dtype=torch.long, device=w.device)
         self.pos = torch.zeros(rows, 1, dtype=torch.long, device=w.device)
         self.index = torch.zeros(1, dtype=torch.long, device=w.device)
-        self.graphs: dict[int, tuple] = {}
-        self.pool = None
+        self.graphs: dict[int, tuple] = {}  # batch size -> (graph, its output logits)
 
     @staticmethod
     def key_of(model, rows: int, length: int) -> tuple:
@@ -279,9 +279,8 @@ class _Decoder:
                 self._step(*args)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph):  # its own memory pool: one decode step's activations at batch b
             out = self._step(*args)
-        self.pool = graph.pool()
         self.graphs[b] = (graph, out)
         return graph, out
 
@@ -314,9 +313,17 @@ def _stop_criteria(tokenizer, stop: list[str]):
     return StopStringCriteria(tokenizer=tokenizer, stop_strings=stop)
 
 
-def _choose(logits: Tensor, warpers, ids: Tensor, greedy: bool) -> Tensor:
-    """Next token per row from float32 logits (b, V): argmax, or a sample as generate draws it."""
+def _choose(logits: Tensor, warpers, greedy: bool) -> Tensor:
+    """Next token per row from float32 logits (b, V): argmax, or a sample from generate's distribution.
+
+    Sampled by inverting the CDF with one uniform draw per row (on the global RNG): the same
+    distribution as ``torch.multinomial``, which on CPU took a quarter of a rollout at an 8k
+    vocabulary (benchmarks/rollout.py), but other draws for a given seed.
+    """
     if greedy:
         return logits.argmax(-1)
-    probs = F.softmax(warpers(ids, logits), dim=-1)  # (b, V)
-    return torch.multinomial(probs, num_samples=1).squeeze(1)
+    probs = F.softmax(warpers(None, logits), dim=-1)  # (b, V); these warpers read no token ids
+    cdf = probs.cumsum(-1, dtype=torch.float64)  # (b, V); float64 so a 150k-entry sum stays exact enough
+    u = torch.rand(len(cdf), 1, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]  # (b, 1) in [0, total)
+    # The first index whose CDF exceeds u: token i with probability cdf[i] - cdf[i-1]; never a zero-probability one.
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_max(cdf.shape[1] - 1)

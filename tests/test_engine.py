@@ -1,8 +1,7 @@
 """FastRollout (stare_lit.engine) against the reference engine, Hugging Face generate (HFGenerate).
 
-Greedy decoding must give identical tokens; sampling must draw from the same distribution (checked
-against hand-computed probabilities within binomial error, and, where the two engines use the
-global RNG identically, token for token); the prompt cut, the module default, the YAML choice and
+Greedy decoding must give identical tokens; sampling must draw from the same distribution (both
+engines' frequencies against hand-computed probabilities, within binomial error); the prompt cut, the module default, the YAML choice and
 the fallback for other architectures are checked too.
 """
 
@@ -66,19 +65,6 @@ def test_max_prompt_length_cuts_like_the_reference(tokenizer):
     ref = HFGenerate()(model, tokenizer, PROMPTS, 1, sampling, greedy=True)
     fast = FastRollout()(model, tokenizer, PROMPTS, 1, sampling, greedy=True)
     assert ref.prompt_length == fast.prompt_length == 3
-    assert torch.equal(fast.input_ids, ref.input_ids)
-
-
-@pytest.mark.parametrize("settings", [dict(), dict(temperature=0.7, top_k=5, top_p=0.9)])
-def test_same_random_draws_as_generate_without_compaction(settings, tokenizer):
-    """With every row kept to the end, the engine calls multinomial on the same (N, V) probabilities
-    as generate, step by step: the same seed gives the same samples."""
-    model = make("qwen2")
-    sampling = Sampling(max_new_tokens=16, **settings)
-    torch.manual_seed(3)
-    ref = HFGenerate()(model, tokenizer, PROMPTS, 4, sampling)
-    torch.manual_seed(3)
-    fast = FastRollout(compact_below=1e-9)(model, tokenizer, PROMPTS, 4, sampling)
     assert torch.equal(fast.input_ids, ref.input_ids)
 
 

@@ -68,6 +68,38 @@ def test_max_prompt_length_cuts_like_the_reference(tokenizer):
     assert torch.equal(fast.input_ids, ref.input_ids)
 
 
+@pytest.fixture(scope="module")
+def bpe_tokenizer():
+    """A byte-level BPE tokenizer (as GPT-2's, Llama 3's, Qwen2's), trained here on a few strings:
+    Hugging Face's stop-string matcher needs one (it cannot read the character tokenizer's vocabulary)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator(["12+34=46", "the cat sat on the mat", "1+2=3", "answer: 42. done"] * 20, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", padding_side="left")
+
+
+def test_stop_strings_end_completions_like_the_reference(bpe_tokenizer):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(LlamaConfig(
+        vocab_size=len(bpe_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=64, pad_token_id=0, eos_token_id=1, initializer_range=0.3))
+    prompts = ["12+34=", "the cat", "1+2=", "answer:"]
+    free = HFGenerate()(model, bpe_tokenizer, prompts, 1, Sampling(max_new_tokens=16), greedy=True)
+    stop = [bpe_tokenizer.decode(free.completion_ids[0, 3]), bpe_tokenizer.decode(free.completion_ids[2, 5])]
+    sampling = Sampling(max_new_tokens=16, stop=stop)
+    ref = HFGenerate()(model, bpe_tokenizer, prompts, 1, sampling, greedy=True)
+    fast = FastRollout()(model, bpe_tokenizer, prompts, 1, sampling, greedy=True)
+    assert torch.equal(fast.input_ids, ref.input_ids) and fast.completions == ref.completions
+    assert ref.completion_mask[0].sum() <= 4 and ref.completion_mask[2].sum() <= 6  # the stop strings fired
+    assert not ref.truncated[0] and ref.truncated.any()  # one row ended by its stop string, one not at all
+
+
 def exact_first_token_probs(model, tokenizer, prompt: str, s: Sampling) -> torch.Tensor:
     """softmax(logits / T); keep the top k, renormalised; then keep the most likely tokens while the
     mass before them is < top_p (generate's order and rule); by hand."""

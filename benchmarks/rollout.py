@@ -115,7 +115,8 @@ def markdown(results: list[dict], a) -> str:
                          spread(tok_s), spread([r["s"] for r in runs]), spread([r["tokens"] for r in runs]),
                          spread([t * res["fpt"] / 1e9 for t in tok_s]), spread([100 * u for u in util])])
         ratio = median([r["tok_s"] for r in fast]) / median([r["tok_s"] for r in hf])
-        rows.append(["", "**ratio Fast / HF (medians)**", f"**{ratio:.2f}×**", "", "", "",
+        per_round = ", ".join(f"{f['tok_s'] / h['tok_s']:.2f}" for f, h in zip(fast, hf))
+        rows.append(["", "**ratio Fast / HF (medians)**", f"**{ratio:.2f}×**", f"rounds: {per_round}", "", "",
                      f"matmul: {fmt(mm / 1e9)} GFLOP/s"])
     out.append(table(["model", "engine", "tokens/s", "s per rollout", "completion tokens", "useful GFLOP/s",
                       "% of fp32 matmul FLOP/s"], rows))

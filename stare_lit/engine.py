@@ -12,14 +12,16 @@ What it does differently from ``generate`` (stare_lit.rollout.HFGenerate, the re
 - **CUDA graphs** (CUDA only, ``cuda_graphs``): the one-token decode step of each batch size it
   meets is captured once with ``torch.cuda.graphs`` and replayed, so a step costs one launch instead
   of a few hundred. Graphs and buffers are kept across rollouts while the shapes and the parameters'
-  storage stay the same (an optimizer step updates weights in place, so they do). On CPU this path
-  is never taken.
+  storage stay the same (an optimizer step updates weights in place, so they do) — which also
+  means the KV cache stays allocated during the update; without graphs it is freed after each
+  rollout. On CPU this path is never taken.
 
 It runs the model's own modules (embedding, RMSNorm, rotary embedding, q/k/v/o projections with
 their biases, MLP, final norm, LM head) on the model's own parameters; only the per-token loop,
-the cache and the attention call are its own. Measured on CPU (benchmarks/rollout.py): what costs
-in ``generate`` at small and mid sizes is the Python around the forward (cache objects, mask
-construction, logits processors), not the arithmetic.
+the cache and the attention call are its own. On 2 CPU cores (benchmarks/README.md, section 6) the
+gain came from rows that have ended no longer being decoded, the sampler, one prefill per prompt
+and less Python per token (cache objects, masks, logits processors); most of what is left is the
+matmuls themselves.
 
 Sampling is the reference's distribution: logits in float32, then Hugging Face's own temperature,
 top-k and top-p warpers in generate's order, softmax, and a draw from it on the global RNG (which the
@@ -77,7 +79,7 @@ class FastRollout(RolloutEngine):
         self.compact_below = compact_below
         self._reference = HFGenerate()
         self._warned: set[type] = set()
-        self._decoder: _Decoder | None = None  # kept between rollouts for its buffers and graphs
+        self._decoder: _Decoder | None = None  # with CUDA graphs, kept between rollouts (buffers + graphs)
 
     def __call__(self, model, tokenizer, prompts: list[str], group_size: int, sampling: Sampling,
                  greedy: bool = False) -> Rollout:
@@ -138,6 +140,8 @@ class FastRollout(RolloutEngine):
                 rows, live, next_pos, tokens = rows[keep], live[keep], next_pos[keep], tokens[keep]
             logits = decoder.decode(tokens, next_pos, P + t, graphs)
             next_pos = next_pos + 1
+        if not graphs:  # nothing to replay: give the KV cache's memory back to the update
+            self._decoder = None
         return to_rollout(tokenizer, enc, seq[:, :P + steps], G)
 
     def _decoder_for(self, model, rows: int, length: int, graphs: bool) -> _Decoder:

@@ -328,6 +328,8 @@ def _choose(logits: Tensor, warpers, greedy: bool) -> Tensor:
         return logits.argmax(-1)
     probs = F.softmax(warpers(None, logits), dim=-1)  # (b, V); these warpers read no token ids
     cdf = probs.cumsum(-1, dtype=torch.float64)  # (b, V); float64 so a 150k-entry sum stays exact enough
+    if not torch.isfinite(cdf[:, -1]).all():  # NaN/±inf logits: fail as multinomial does (the module skips the step)
+        raise RuntimeError("probability tensor contains either inf, nan or element < 0")
     u = torch.rand(len(cdf), 1, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]  # (b, 1) in [0, total)
     # The first index whose CDF exceeds u: token i with probability cdf[i] - cdf[i-1]; never a zero-probability one.
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_max(cdf.shape[1] - 1)

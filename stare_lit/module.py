@@ -44,6 +44,7 @@ from stare_lit import preemption
 from stare_lit.advantages import AdvantageScale, equal_groups, group_advantages
 from stare_lit.checks import check_finite_floats, check_optimizer, finite
 from stare_lit.distributed import all_reduce_sum, masked_mean
+from stare_lit.engine import FastRollout
 from stare_lit.errors import ConfigError, NonFiniteError, check
 from stare_lit.logprobs import token_logprobs_and_entropy
 from stare_lit.lora import reference_model
@@ -52,7 +53,7 @@ from stare_lit.metrics import StepKeys
 from stare_lit.policy import Policy
 from stare_lit.rewards import Reward
 from stare_lit.rng import TRAIN, VALIDATION, rng_states, seeded, set_rng_states, stream_seed
-from stare_lit.rollout import Rollout, Sampling, format_prompts, generate
+from stare_lit.rollout import Rollout, RolloutEngine, Sampling, format_prompts
 from stare_lit.rows import check_prompts
 from stare_lit.scoring import RewardRunner, ScoredBatch, Scoring, none_fraction
 from stare_lit.weighting import GRPO, TokenBatch, TokenWeighting
@@ -118,6 +119,8 @@ class GRPOModule(L.LightningModule):
         scheme: token-weighting scheme (default GRPO, ω ≡ 1); e.g. stare_lit.weighting.STARE.
         group_size: G, completions sampled per prompt (>= 2).
         sampling: how completions are sampled.
+        rollout: the engine that samples them (default stare_lit.engine.FastRollout; the reference
+            engine, Hugging Face generate: stare_lit.rollout.HFGenerate).
         loss: the clipped surrogate's settings.
         advantage_scale: "group" (GRPO), "none" (Dr. GRPO) or "batch" std scaling.
         advantage_eps: added to the std.
@@ -150,6 +153,7 @@ class GRPOModule(L.LightningModule):
         scheme: TokenWeighting | None = None,
         group_size: int = 8,
         sampling: Sampling | None = None,
+        rollout: RolloutEngine | None = None,
         loss: LossSettings | None = None,
         advantage_scale: AdvantageScale = "group",
         advantage_eps: float = 1e-6,
@@ -199,6 +203,7 @@ class GRPOModule(L.LightningModule):
               f"{type(self.scheme).__name__}, whose statistics are per group")
         self.group_size = group_size
         self.sampling = sampling or Sampling()
+        self.rollout_engine = rollout if rollout is not None else FastRollout()
         self.loss_settings = loss or LossSettings()
         self.advantage_scale = advantage_scale
         self.advantage_eps = advantage_eps
@@ -297,9 +302,9 @@ class GRPOModule(L.LightningModule):
         check_prompts(prompts)
         texts = format_prompts(self.tokenizer, prompts, self.chat_template, self.system_prompt)
         if seed is None:
-            return generate(self.model, self.tokenizer, texts, group_size, self.sampling, greedy=greedy)
+            return self.rollout_engine(self.model, self.tokenizer, texts, group_size, self.sampling, greedy=greedy)
         with seeded(seed, self.device):
-            return generate(self.model, self.tokenizer, texts, group_size, self.sampling, greedy=greedy)
+            return self.rollout_engine(self.model, self.tokenizer, texts, group_size, self.sampling, greedy=greedy)
 
     def score(self, batch: dict[str, list], rollout: Rollout, group_size: int) -> ScoredBatch:
         """Rewards of the rollout (``total`` (N,) on the module's device); the batch's columns are

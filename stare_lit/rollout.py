@@ -133,22 +133,59 @@ def full_parameters(model):
             module.reshard()  # not recursive
 
 
-@torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], group_size: int, sampling: Sampling, greedy: bool = False) -> Rollout:
-    """Sample ``group_size`` completions for every prompt (already formatted text)."""
-    device = next(model.parameters()).device
+class RolloutEngine:
+    """How a rollout is sampled: G completions per prompt (already formatted text) → :class:`Rollout`.
+
+    An engine samples on torch's global RNG (the module seeds it per rollout, see stare_lit.rng),
+    runs under no_grad with the model in eval mode, and rolls an FSDP2-sharded model out on full
+    parameters (:func:`full_parameters`). Chosen in YAML as ``model.rollout: {class_path: ...}``.
+    """
+
+    def __call__(self, model, tokenizer, prompts: list[str], group_size: int, sampling: Sampling,
+                 greedy: bool = False) -> Rollout:
+        raise NotImplementedError
+
+
+class HFGenerate(RolloutEngine):
+    """The reference engine: Hugging Face ``generate`` (dynamic KV cache), any causal LM."""
+
+    def __call__(self, model, tokenizer, prompts, group_size, sampling, greedy=False) -> Rollout:
+        return generate(model, tokenizer, prompts, group_size, sampling, greedy=greedy)
+
+
+def encode_prompts(tokenizer, prompts: list[str], sampling: Sampling, device) -> dict[str, Tensor]:
+    """Left-padded ``input_ids`` and ``attention_mask`` (B, P), cut to ``max_prompt_length`` from the left."""
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
                     truncation=sampling.max_prompt_length is not None, max_length=sampling.max_prompt_length)
-    enc = {k: v.to(device) for k, v in enc.items()}
+    return {k: v.to(device) for k, v in enc.items()}
+
+
+def to_rollout(tokenizer, enc: dict[str, Tensor], out: Tensor, group_size: int) -> Rollout:
+    """The Rollout of ``out`` (N, P+T): the prompts ``enc`` repeated G times, then the completions,
+    each padded with the pad token after it ended."""
+    P = enc["input_ids"].shape[1]
+    completion = out[:, P:]  # (N, T)
+    mask, truncated = completion_mask(completion, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    prompt_attn = enc["attention_mask"].repeat_interleave(group_size, dim=0)  # (N, P)
+    texts = tokenizer.batch_decode(completion.masked_fill(~mask, tokenizer.pad_token_id), skip_special_tokens=True)
+    return Rollout(input_ids=out, attention_mask=torch.cat([prompt_attn, mask.long()], dim=1),
+                   completion_mask=mask, prompt_length=P, completions=texts, truncated=truncated)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], group_size: int, sampling: Sampling, greedy: bool = False) -> Rollout:
+    """Sample ``group_size`` completions for every prompt (already formatted text) with ``model.generate``."""
+    device = next(model.parameters()).device
+    enc = encode_prompts(tokenizer, prompts, sampling, device)
     was_training = model.training
     model.eval()
     gen_kwargs = dict(max_new_tokens=sampling.max_new_tokens, num_return_sequences=group_size,
                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, use_cache=True)
     if greedy:
         gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    else:
+    else:  # top_k 0 passed as 0: None would let generate fill in its default of 50
         gen_kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
-                          top_k=sampling.top_k or None)
+                          top_k=sampling.top_k)
     if sampling.stop:
         gen_kwargs.update(stop_strings=sampling.stop, tokenizer=tokenizer)
     try:
@@ -158,10 +195,4 @@ def generate(model, tokenizer, prompts: list[str], group_size: int, sampling: Sa
             out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], **gen_kwargs)
     finally:
         model.train(was_training)
-    P = enc["input_ids"].shape[1]
-    completion = out[:, P:]  # (N, T)
-    mask, truncated = completion_mask(completion, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    prompt_attn = enc["attention_mask"].repeat_interleave(group_size, dim=0)  # (N, P)
-    texts = tokenizer.batch_decode(completion.masked_fill(~mask, tokenizer.pad_token_id), skip_special_tokens=True)
-    return Rollout(input_ids=out, attention_mask=torch.cat([prompt_attn, mask.long()], dim=1),
-                   completion_mask=mask, prompt_length=P, completions=texts, truncated=truncated)
+    return to_rollout(tokenizer, enc, out, group_size)

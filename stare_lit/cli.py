@@ -21,6 +21,7 @@ from stare_lit.checkpoint import check_checkpoint_file
 from stare_lit.compare import compare
 from stare_lit.errors import StareLitError
 from stare_lit.module import GRPOModule
+from stare_lit.strategy import refuse_fsdp1
 from stare_lit.warmstart import warmstart
 
 
@@ -41,6 +42,8 @@ class StareLitCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
             check_checkpoint_file(ckpt_path)
+        if subcommand:
+            refuse_fsdp1(self.config[subcommand].get("trainer", {}).get("strategy"))
 
     def after_fit(self) -> None:
         trainer = self.trainer

@@ -50,6 +50,7 @@ from stare_lit.rewards import Reward
 from stare_lit.rng import TRAIN, VALIDATION, rng_states, seeded, set_rng_states, stream_seed
 from stare_lit.rollout import Rollout, Sampling, format_prompts, generate
 from stare_lit.scoring import RewardRunner, ScoredBatch, Scoring, none_fraction
+from stare_lit.strategy import refuse_fsdp1
 from stare_lit.weighting import GRPO, TokenBatch, TokenWeighting
 
 
@@ -245,6 +246,9 @@ class GRPOModule(L.LightningModule):
 
     def teardown(self, stage: str) -> None:
         self.reward_runner.close()  # its worker process, if scoring.timeout started one
+
+    def setup(self, stage: str) -> None:
+        refuse_fsdp1(self.trainer.strategy)  # the Python API's way in; the CLI refuses it while parsing
 
     def on_fit_start(self) -> None:
         if self._ref_model[0] is not None:

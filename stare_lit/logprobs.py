@@ -14,6 +14,11 @@ The forward is one ``log_softmax`` per chunk with H = −Σ π log π. Activatio
 chunk, the earlier way, re-ran the chunk's forward and then autograd's backward through it:
 forward+backward took 1.9× (32k vocabulary) / 1.3× (150k) the time of the unchunked pass at 0.7×
 its memory; this takes 0.74× / 0.51× of its time at 0.40× its memory (``benchmarks/memory.py``).
+
+The module does not hand this pass the logits: ``model_logprobs_and_entropy`` runs the model with
+its LM head swapped for ``head_logprobs_and_entropy``, which takes the final hidden states and the
+head's weight and computes each chunk's logits inside the chunk loop (backward recomputes them), so
+no (B, T, V) tensor of any dtype exists in the update or the old pass.
 """
 
 from __future__ import annotations
@@ -212,14 +217,16 @@ def model_logprobs_and_entropy(
     states but the last (position P−1+t predicts completion token t). Calling the head inside the
     model's own forward keeps FSDP2 working: the head's weight is gathered there. A model that does
     anything to its logits after the head (a soft cap, a scale) is detected — the forward would not hand
-    back what the head returned — and goes through the full logits instead.
+    back what the head returned — and goes through the full logits instead, as does a head with forward
+    hooks (they expect the logits).
 
     Returns:
         logprobs (B, T) and entropy (B, T), float32.
     """
     T = token_ids.shape[1]
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if isinstance(head, torch.nn.Linear):
+    hooked = head is not None and bool(head._forward_hooks or head._forward_pre_hooks)  # they expect logits
+    if isinstance(head, torch.nn.Linear) and not hooked:
         captured = _Captured()
 
         def fused_forward(hidden: Tensor) -> Tensor:  # hidden (B, T+1, H)

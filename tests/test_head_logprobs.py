@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM
 
 from stare_lit.logprobs import head_logprobs_and_entropy, model_logprobs_and_entropy
@@ -87,18 +88,31 @@ def test_model_pass_matches_full_logits_and_tied_embeddings_get_their_gradient(t
 
 
 def test_model_pass_never_holds_full_logits():
-    """No tensor of the model's (B, T, V) logits shape is created (the head returns an empty marker)."""
+    """No op, forward or backward, makes a tensor as big as the (B, T, V) logits with V last."""
+    from torch.utils._pytree import tree_flatten
+
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(tiny_config(vocab_size=40))
+    model = AutoModelForCausalLM.from_config(tiny_config(vocab_size=40))  # H = 32, V = 40
     inputs, completion = _inputs(40)
-    shapes = []
-    hook = lambda module, args, output: shapes.append(tuple(output.shape))  # noqa: E731
-    handle = model.lm_head.register_forward_hook(hook)
-    try:
-        model_logprobs_and_entropy(model, completion, 1.0, 1024, **inputs)
-    finally:
-        handle.remove()
-    assert shapes == [(0,)]
+    B, T = completion.shape
+    big = []
+
+    class Shapes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor) and t.shape[-1:] == (40,) and t.numel() >= B * T * 40 \
+                        and tuple(t.shape) != (32, 40):  # (H, V): the head's weight, transposed
+                    big.append((str(func), tuple(t.shape)))
+            return out
+
+    with Shapes():
+        lp, ent = model_logprobs_and_entropy(model, completion, 1.0, 4, **inputs)
+        (lp.sum() + ent.sum()).backward()
+    assert big == []
+    with Shapes():  # the check sees the full logits where they exist
+        model(**inputs, logits_to_keep=T + 1)
+    assert big
 
 
 class _ScaledLogits(torch.nn.Module):
@@ -126,3 +140,14 @@ def test_a_model_that_changes_its_logits_goes_through_the_full_logits():
     lp_ref, ent_ref = naive(model(**inputs, logits_to_keep=T + 1).logits[:, :-1], completion, 1.0)
     torch.testing.assert_close(lp, lp_ref)
     torch.testing.assert_close(ent, ent_ref)
+
+
+def test_a_head_with_forward_hooks_gets_the_full_logits():
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config(vocab_size=40))
+    inputs, completion = _inputs(40)
+    model.lm_head.register_forward_hook(lambda _, __, out: out.index_fill(-1, torch.tensor([3]), 50.0))
+    lp, _ = model_logprobs_and_entropy(model, completion, 1.0, 1024, **inputs)
+    T = completion.shape[1]
+    lp_ref, _ = naive(model(**inputs, logits_to_keep=T + 1).logits[:, :-1], completion, 1.0)
+    torch.testing.assert_close(lp, lp_ref)

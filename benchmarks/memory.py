@@ -14,6 +14,13 @@ every position. Variants:
 - chunked-checkpoint: stare-lit's pass before that backward was written (kept here to measure
   the change): the same chunks under activation checkpointing, so backward re-runs each chunk's
   forward and then autograd's backward through it.
+- head (stare-lit's pass since issue 12; ``stare_lit.logprobs.head_logprobs_and_entropy``): from the
+  hidden states (B, T, 1024) and the LM head W (V, 1024); each chunk's logits are computed, used and
+  dropped, forward and backward (which recomputes them), so no (B, T, V) tensor exists. Its time
+  includes the LM-head matmuls (forward, and three in backward: recompute, ∂hidden, ∂W); its memory
+  includes ∂W, as big as W.
+- naive-head: ``hidden @ Wᵀ`` then naive — the naive pass with the head matmul, to compare times
+  with ``head`` on equal work.
 - fused (reference, not stare-lit code; ``--variants ... fused``): what TRL's fused LM head does —
   start from the hidden states and run ``hidden @ W_lm_headᵀ`` inside each checkpointed chunk, so
   the full (B, T, V) logits never exist. Its inputs are hidden (B, T, 1024) and W (V, 1024)
@@ -49,6 +56,16 @@ def naive(logits, ids, temperature: float = 1.0):
     lp = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # (B, T)
     entropy = -(logp.exp() * logp).sum(-1)  # (B, T)
     return lp, entropy
+
+
+def head(hidden, weight, ids, temperature: float = 1.0, chunk: int = 1024):
+    from stare_lit.logprobs import head_logprobs_and_entropy
+
+    return head_logprobs_and_entropy(hidden, weight, ids, temperature=temperature, chunk_size=chunk)
+
+
+def naive_head(hidden, weight, ids, temperature: float = 1.0, chunk: int = 1024):
+    return naive(hidden @ weight.T, ids, temperature)
 
 
 def chunked(logits, ids, temperature: float = 1.0, chunk: int = 1024):
@@ -104,6 +121,7 @@ def fused(hidden, weight, ids, temperature: float = 1.0, chunk: int = 1024):
 
 
 VARIANTS = {"naive": naive, "chunked": chunked, "chunked-checkpoint": chunked_checkpoint}
+FROM_HIDDEN = {"fused": fused, "head": head, "naive-head": naive_head}  # inputs: hidden states and W
 
 
 def worker(a) -> dict:
@@ -111,10 +129,11 @@ def worker(a) -> dict:
     B, T = a.B, a.T
     ids = torch.randint(0, a.vocab_size, (B, T))
     grad = a.mode == "fwd+bwd"
-    if a.variant == "fused":
+    if a.variant in FROM_HIDDEN:
         hidden = torch.randn(B, T, HIDDEN, requires_grad=grad)
-        weight = (torch.randn(a.vocab_size, HIDDEN) / HIDDEN**0.5).requires_grad_(grad)
-        run = lambda: fused(hidden, weight, ids, chunk=a.chunk)  # noqa: E731
+        weight = (3 * torch.randn(a.vocab_size, HIDDEN) / HIDDEN**0.5).requires_grad_(grad)  # logits ~ 3·N(0, 1)
+        fn = FROM_HIDDEN[a.variant]
+        run = lambda: fn(hidden, weight, ids, chunk=a.chunk)  # noqa: E731
         leaves = [hidden, weight]
     else:
         logits = (3 * torch.randn(B, T, a.vocab_size)).requires_grad_(grad)
@@ -148,8 +167,10 @@ def main() -> None:
     p.add_argument("--chunk", type=int, default=1024, help="rows per chunk (GRPOModule.logprob_chunk_size default)")
     p.add_argument("--repeats", type=int, default=2, help="fresh processes per (variant, vocab, mode)")
     p.add_argument("--iters", type=int, default=2, help="timed passes per process (after one warm-up)")
-    p.add_argument("--variants", nargs="+", default=["naive", "chunked", "chunked-checkpoint"],
-                   choices=["naive", "chunked", "chunked-checkpoint", "fused"])
+    p.add_argument("--variants", nargs="+", default=["naive", "chunked", "head", "naive-head"],
+                   choices=["naive", "chunked", "chunked-checkpoint", "fused", "head", "naive-head"])
+    p.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
+    p.add_argument("--name", default="memory", help="results/NAME.md is written")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default); see vs_trl.py")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant", help=argparse.SUPPRESS)
@@ -165,7 +186,7 @@ def main() -> None:
 
     results: dict[tuple, list[dict]] = {}
     for vocab in a.vocab:
-        for mode in ["fwd", "fwd+bwd"]:
+        for mode in a.modes:
             for r in range(a.repeats):
                 order = a.variants if r % 2 == 0 else a.variants[::-1]
                 for variant in order:
@@ -180,7 +201,7 @@ def main() -> None:
 
     rows = []
     for vocab in a.vocab:
-        for mode in ["fwd", "fwd+bwd"]:
+        for mode in a.modes:
             ref = results.get((vocab, mode, "naive"))
             for variant in a.variants:
                 rs = results[(vocab, mode, variant)]
@@ -198,7 +219,7 @@ def main() -> None:
                      "time (s)", "time / naive", "process peak RSS (MiB)"], rows))
     text = "\n".join(md) + "\n"
     print("\n" + text)
-    print(f"written to {write_result('memory', text)}")
+    print(f"written to {write_result(a.name, text)}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ class HighEntropyTokens(TokenWeighting):
         top_ratio: ρ, share of the batch's tokens kept (0.2 in the paper).
     """
 
+    zero_advantage_inert = True  # the percentile is of π_old's entropy (the module always gives it)
+
     def __init__(self, top_ratio: float = 0.2) -> None:
         check(0 < top_ratio <= 1, f"{KEY}.top_ratio must be in (0, 1], got {top_ratio}")
         self.top_ratio = top_ratio
@@ -157,6 +159,8 @@ class EntropyAdvantage(TokenWeighting):
         alpha: α > 0, entropy scale (0.4 in the paper).
         kappa: κ > 1, the cap divisor (2 in the paper).
     """
+
+    zero_advantage_inert = True  # Â' = 0 + min(α·H_old, 0) = 0
 
     def __init__(self, alpha: float = 0.4, kappa: float = 2.0) -> None:
         check(alpha > 0, f"{KEY}.alpha must be > 0, got {alpha}")

@@ -30,6 +30,7 @@ from stare_lit.checkpoint import check_checkpoint_file
 from stare_lit.console import quiet_lightning, use_step_progress_bar
 from stare_lit.errors import StareLitError
 from stare_lit.module import GRPOModule
+from stare_lit.strategy import refuse_fsdp1
 
 DESCRIPTION = ("stare-lit: reinforcement learning with verifiable rewards for Hugging Face language models on "
                "Lightning: GRPO with token-level entropy control (STARE, STEER, ERPO, clip-cov, ...).")
@@ -64,6 +65,8 @@ class StareLitCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
             check_checkpoint_file(ckpt_path)
+        if subcommand:
+            refuse_fsdp1(self.config[subcommand].get("trainer", {}).get("strategy"))
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)

@@ -43,10 +43,10 @@ from torchmetrics import MeanMetric
 from stare_lit import preemption
 from stare_lit.advantages import AdvantageScale, equal_groups, group_advantages
 from stare_lit.checks import check_finite_floats, check_optimizer, finite
-from stare_lit.distributed import all_reduce_sum, masked_mean
+from stare_lit.distributed import all_reduce_sum, is_distributed, masked_mean
 from stare_lit.engine import FastRollout
 from stare_lit.errors import ConfigError, NonFiniteError, check
-from stare_lit.logprobs import token_logprobs_and_entropy
+from stare_lit.logprobs import model_logprobs_and_entropy
 from stare_lit.lora import reference_model
 from stare_lit.loss import Aggregation, policy_loss
 from stare_lit.metrics import StepKeys
@@ -55,7 +55,9 @@ from stare_lit.rewards import Reward
 from stare_lit.rng import TRAIN, VALIDATION, rng_states, seeded, set_rng_states, stream_seed
 from stare_lit.rollout import Rollout, RolloutEngine, Sampling, format_prompts
 from stare_lit.rows import check_prompts
+from stare_lit.update_rows import inert_rows, length_sorted_chunks, merge_rows, pad_columns, row_inputs
 from stare_lit.scoring import RewardRunner, ScoredBatch, Scoring, none_fraction
+from stare_lit.strategy import refuse_fsdp1
 from stare_lit.weighting import GRPO, TokenBatch, TokenWeighting
 
 
@@ -142,6 +144,9 @@ class GRPOModule(L.LightningModule):
         max_nonfinite_steps: a step whose log-probs, entropy, advantages, loss or gradients hold a NaN
             or ±inf is skipped (no optimizer step; counted in train/nonfinite_steps, with a warning);
             after this many in a row the run saves the last good state and stops with an error.
+        skip_inert_rows: with β = 0 and a scheme that declares zero-advantage rows inert
+            (``TokenWeighting.zero_advantage_inert``), the update does not forward or backward the rows
+            whose gradient is zero (Â = 0, or no loss token); the loss and gradient are unchanged.
     """
 
     def __init__(
@@ -171,6 +176,7 @@ class GRPOModule(L.LightningModule):
         accuracy_reward: int = 0,
         peak_flops: float | None = None,
         max_nonfinite_steps: int = 3,
+        skip_inert_rows: bool = True,
     ) -> None:
         super().__init__()
         check(group_size >= 2, f"model.group_size must be >= 2 (GRPO compares samples of a prompt), got {group_size}")
@@ -221,6 +227,7 @@ class GRPOModule(L.LightningModule):
         self.accuracy_reward = accuracy_reward
         self.peak_flops = peak_flops
         self.max_nonfinite_steps = max_nonfinite_steps
+        self.skip_inert_rows = skip_inert_rows
         self.tokenizer = policy.load_tokenizer()  # early: a bad path fails before anything is written
         check(not chat_template or getattr(self.tokenizer, "chat_template", None) is not None,
               "model.chat_template is true but the tokenizer has no chat template; set it to false")
@@ -278,6 +285,9 @@ class GRPOModule(L.LightningModule):
     def teardown(self, stage: str) -> None:
         self.reward_runner.close()  # its worker process, if scoring.timeout started one
 
+    def setup(self, stage: str) -> None:
+        refuse_fsdp1(self.trainer.strategy)  # the Python API's way in; the CLI refuses it while parsing
+
     def on_fit_start(self) -> None:
         if self._ref_model[0] is not None:
             self._ref_model[0].to(self.device)
@@ -316,13 +326,22 @@ class GRPOModule(L.LightningModule):
         return replace(scored, total=scored.total.to(self.device))
 
     def token_logprobs(self, model, rollout: Rollout, rows: slice | Tensor) -> tuple[Tensor, Tensor]:
-        """log π(completion tokens) and entropy for the selected rows: (n, T) each, float32."""
+        """log π(completion tokens) and entropy for the selected rows: (n, T) each, float32 (0 past the
+        longest of their completions). The LM head runs inside the chunked pass: no (n, T, V) logits."""
+        inputs, ids = row_inputs(rollout, rows)  # padding the selected rows all share is cut
+        lp, ent = model_logprobs_and_entropy(model, ids, self.sampling.temperature, self.logprob_chunk_size,
+                                             use_cache=False, **inputs)
         T = rollout.completion_ids.shape[1]
-        out = model(input_ids=rollout.input_ids[rows], attention_mask=rollout.attention_mask[rows],
-                    position_ids=rollout.position_ids[rows], logits_to_keep=T + 1, use_cache=False)
-        logits = out.logits[:, :-1]  # (n, T, V): position P−1+t predicts completion token t
-        return token_logprobs_and_entropy(logits, rollout.completion_ids[rows], self.sampling.temperature,
-                                          self.logprob_chunk_size)
+        return pad_columns(lp, T), pad_columns(ent, T)
+
+    def rows_pass(self, model, rollout: Rollout) -> tuple[Tensor, Tensor]:
+        """log π and entropy (N, T) of every row without grad, in micro-batches of rows sorted by length."""
+        N, T = rollout.completion_ids.shape
+        lp = torch.zeros(N, T, device=rollout.input_ids.device)
+        ent = torch.zeros_like(lp)
+        for idx in length_sorted_chunks(rollout.attention_mask.sum(-1), self.micro_batch_size):
+            lp[idx], ent[idx] = self.token_logprobs(model, rollout, idx)
+        return lp, ent
 
     def micro_batches(self, n: int) -> list[slice]:
         size = self.micro_batch_size or n
@@ -331,10 +350,8 @@ class GRPOModule(L.LightningModule):
     @torch.no_grad()
     def old_pass(self, rollout: Rollout, advantages: Tensor) -> Tokens:
         """log π_old, entropy of π_old and (β > 0) log π_ref for every completion, without grad."""
-        logps, ents = zip(*(self.token_logprobs(self.model, rollout, rows)
-                            for rows in self.micro_batches(rollout.input_ids.shape[0])))
+        logps, ents = self.rows_pass(self.model, rollout)  # (N, T) each
         mask = rollout.completion_mask
-        logps, ents = torch.cat(logps), torch.cat(ents)  # (N, T) each
         self.require_finite("log-probs or entropy of π_old", logps, ents, mask=mask)
         return Tokens(old_logprobs=logps, entropy=ents,
                       advantages=advantages[:, None].expand_as(mask).float(), mask=mask,
@@ -347,8 +364,7 @@ class GRPOModule(L.LightningModule):
             return None
         ref_model = self._ref_model[0]  # None with LoRA: the policy with its adapters switched off
         with reference_model(self.model) if ref_model is None else nullcontext(ref_model) as model:
-            ref = torch.cat([self.token_logprobs(model, rollout, rows)[0]
-                             for rows in self.micro_batches(rollout.input_ids.shape[0])])
+            ref = self.rows_pass(model, rollout)[0]
         self.require_finite("log-probs of the reference model", ref, mask=rollout.completion_mask)
         return ref
 
@@ -370,7 +386,8 @@ class GRPOModule(L.LightningModule):
         """μ optimizer steps on one rollout batch.
 
         Returns the batch's tokens — with the advantages, mask and weights the first update's loss
-        used, so callbacks see what the scheme did — and the first update's stats.
+        used, so callbacks see what the scheme did — and the first update's stats. Rows with a zero
+        gradient (``skip_inert_rows``) are not forwarded with grad: the loss sees their π_old values.
         """
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         mask = rollout.completion_mask
@@ -378,14 +395,17 @@ class GRPOModule(L.LightningModule):
         world = self.trainer.world_size if self._trainer is not None else 1
         n_tokens = all_reduce_sum(mask.sum().float()).item()  # world-level normalisers
         n_rows = all_reduce_sum(torch.tensor(float(mask.shape[0]), device=mask.device)).item()
+        skip = inert_rows(advantages, mask, self.skip_inert_rows and self.loss_settings.beta == 0
+                          and self.scheme.zero_advantage_inert)  # (N,)
         seen, logged = None, {}
         ref_logprobs = self.reference_pass(rollout) if fused_old_pass else None
+        skipped_old = self.skipped_rows_old(rollout, skip) if fused_old_pass else None
         for step in range(self.updates_per_batch):
-            used, loss_total = [], 0.0
+            used, loss_total, backwards = [], 0.0, 0
             if not fused_old_pass:
                 self.scheme.prepare(self.token_batch(tokens, slice(None), tokens.old_logprobs, tokens.entropy))
             for rows in self.micro_batches(mask.shape[0]):
-                logprobs, entropy = self.token_logprobs(self.model, rollout, rows)
+                logprobs, entropy = self.micro_logprobs(rollout, rows, skip, tokens, skipped_old)
                 self.require_finite("log-probs or entropy", logprobs, entropy, mask=mask[rows])
                 if fused_old_pass:
                     tokens = Tokens(old_logprobs=logprobs.detach(), entropy=entropy.detach(),
@@ -398,17 +418,61 @@ class GRPOModule(L.LightningModule):
                 # over micro-batches and the gradient average over ranks give the world-level mean.
                 share = (mask[rows].sum().item() / n_tokens if self.loss_settings.agg == "token-mean"
                          else batch.mask.shape[0] / n_rows)
-                self.manual_backward(loss * share * world)
+                if loss.requires_grad:  # False when every row of the micro-batch was skipped, on every rank
+                    self.manual_backward(loss * share * world)
+                    backwards += 1
                 loss_total += loss.detach().item() * share * world
                 used.append((batch.advantages.detach(), batch.mask, weights))
+            if backwards == 0:  # every row skipped: the zero gradient the full pass would have left
+                for p in self.model.parameters():
+                    if p.requires_grad:
+                        p.grad = torch.zeros_like(p)
             grad_norm = self.clip_and_step(optimizer)
             if scheduler is not None:
                 scheduler.step()
             if step == 0:
                 seen = [torch.cat(parts) for parts in zip(*used)]
                 logged = {**{k: v.item() for k, v in loss_stats.items()}, "grad_norm": grad_norm,
-                          "loss": all_reduce_sum(torch.tensor(loss_total)).item() / world}  # the world's loss
+                          "loss": all_reduce_sum(torch.tensor(loss_total)).item() / world,  # the world's loss
+                          "rows_skipped": skip.float().mean().item()}
         return replace(tokens, advantages=seen[0], mask=seen[1], weights=seen[2]), logged
+
+    def forwarded(self, rows: Tensor, fallback: Tensor) -> Tensor:
+        """``rows`` (k,) indices, or ``fallback`` when this rank has none and another rank has some:
+        FSDP's collectives need every rank to run the same forwards. Every rank must call it."""
+        if not is_distributed():
+            return rows
+        anyone = all_reduce_sum(torch.tensor(float(len(rows) > 0), device=rows.device)).item() > 0
+        return fallback if anyone and len(rows) == 0 else rows
+
+    @torch.no_grad()
+    def skipped_rows_old(self, rollout: Rollout, skip: Tensor) -> tuple[Tensor, Tensor]:
+        """log π_old and entropy (N, T) of the skipped rows (0 on the others), for the fused pass: the
+        loss, the scheme's gate and the callbacks see every row."""
+        lp = torch.zeros(rollout.completion_ids.shape, device=skip.device)
+        ent = torch.zeros_like(lp)
+        idx = skip.nonzero().squeeze(-1)
+        fwd = self.forwarded(idx, fallback=idx.new_zeros(1))  # a fallback row's values are not kept
+        if len(fwd):
+            lp_fwd, ent_fwd = self.token_logprobs(self.model, rollout, fwd)
+            if len(idx):
+                lp[idx], ent[idx] = lp_fwd, ent_fwd
+        return lp, ent
+
+    def micro_logprobs(self, rollout: Rollout, rows: slice, skip: Tensor, tokens: Tokens | None,
+                       skipped_old: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+        """log π_θ and entropy (n, T) of one micro-batch: forwarded with grad for the rows that are not
+        skipped, π_old's values (constants) for the others."""
+        local = torch.arange(rows.start, rows.stop, device=skip.device)
+        active = self.forwarded(local[~skip[rows]], fallback=local[:1])
+        if len(active) == len(local):
+            return self.token_logprobs(self.model, rollout, rows)
+        base_lp, base_ent = ((tokens.old_logprobs, tokens.entropy) if tokens is not None else skipped_old)
+        base_lp, base_ent = base_lp[rows], base_ent[rows]
+        if len(active) == 0:
+            return base_lp, base_ent
+        lp, ent = self.token_logprobs(self.model, rollout, active)
+        return merge_rows(base_lp, active - rows.start, lp), merge_rows(base_ent, active - rows.start, ent)
 
     def token_batch(self, tokens: Tokens, rows: slice, logprobs: Tensor, entropy: Tensor) -> TokenBatch:
         """The scheme's view of rows ``rows`` of the step batch, with π_θ's log-probs and entropy."""

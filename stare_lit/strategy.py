@@ -22,6 +22,7 @@ from typing import Any
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from stare_lit.checkpoint import fsync_dir
+from stare_lit.errors import ConfigError
 
 
 class AtomicModelParallelStrategy(ModelParallelStrategy):
@@ -58,3 +59,33 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+# Lightning's names of FSDPStrategy (FSDP1) in ``trainer.strategy`` (its strategy registry).
+_FSDP1_NAMES = {"fsdp", "fsdp_cpu_offload"}
+
+
+def refuse_fsdp1(strategy: Any) -> None:
+    """One ConfigError, before anything runs, for Lightning's FSDPStrategy (FSDP1) in ``trainer.strategy``.
+
+    stare-lit's rollout under gathered weights, per-layer wrapping and sharded resume are written for
+    FSDP2 (``fully_shard``) and were checked on a GPU with :class:`AtomicModelParallelStrategy` only;
+    FSDP1's flat parameters would need their own gather for generation, untested here.
+
+    Args:
+        strategy: ``trainer.strategy`` as given: a registry name, a class_path config, or a Strategy.
+    """
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if isinstance(strategy, str):
+        fsdp1 = strategy.lower() in _FSDP1_NAMES
+    elif isinstance(strategy, FSDPStrategy):
+        fsdp1 = True
+    else:  # a class_path config (jsonargparse Namespace or dict)
+        path = strategy.get("class_path", "") if hasattr(strategy, "get") else ""
+        fsdp1 = str(path).rsplit(".", 1)[-1] == "FSDPStrategy"
+    if fsdp1:
+        raise ConfigError(
+            "trainer.strategy: fsdp (Lightning's FSDPStrategy, FSDP1) is not supported: stare-lit's rollout "
+            "under gathered weights and its sharded checkpoints are built and GPU-checked for FSDP2 only; use "
+            "class_path: stare_lit.strategy.AtomicModelParallelStrategy (see configs/fsdp_gpu.yaml)")

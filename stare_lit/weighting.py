@@ -46,6 +46,10 @@ class TokenWeighting:
 
     needs_reference: bool = False  # ask the module for log π_ref even when the KL coefficient is 0
     needs_whole_groups: bool = False  # statistics within a prompt's group: micro-batches must hold whole groups
+    # True only if a row with Â = 0 reaches this scheme's advantages, mask, weights, extra loss and statistics
+    # through its π_old values and its mask alone (never π_θ, whose gradient is 0 there): with β = 0 the
+    # update then skips such rows' forward and backward and hands the scheme their π_old values.
+    zero_advantage_inert: bool = False
 
     def update(self, batch_entropy: float) -> None:
         """Called once per training step with the token-mean entropy of π_old over the batch."""
@@ -82,6 +86,8 @@ class TokenWeighting:
 
 class GRPO(TokenWeighting):
     """Uniform credit: every completion token gets its sequence's advantage (ω ≡ 1)."""
+
+    zero_advantage_inert = True
 
 
 def kth_largest(values: Tensor, k_share: float, world: bool = True) -> tuple[Tensor | None, int]:
@@ -192,6 +198,8 @@ class STARE(TokenWeighting):
         m_min: lower bound of M under the adaptive schedule (upper bound 1).
         scope: "micro_batch" or "step" (see above).
     """
+
+    zero_advantage_inert = True  # Â = 0 tokens are never candidates; the counts use the mask only
 
     def __init__(
         self,
@@ -348,6 +356,8 @@ class STEER(TokenWeighting):
         w_max: largest weight of the linear mapping (1.2 in the paper); exp caps at 1.
     """
 
+    zero_advantage_inert = True  # Ω = Â·(...) = 0 there, whatever π_θ is
+
     def __init__(self, mapping: Literal["exp", "linear"] = "exp", w_min: float = 0.8, w_max: float = 1.0) -> None:
         key = "model.scheme.init_args"
         check(mapping in ("exp", "linear"), f"{key}.mapping must be 'exp' or 'linear', got {mapping!r}")
@@ -384,6 +394,7 @@ class Compose(TokenWeighting):
         self.schemes = schemes
         self.needs_reference = any(s.needs_reference for s in schemes)
         self.needs_whole_groups = any(s.needs_whole_groups for s in schemes)
+        self.zero_advantage_inert = all(s.zero_advantage_inert for s in schemes)
 
     def update(self, batch_entropy: float) -> None:
         for s in self.schemes:

@@ -93,7 +93,8 @@ def evaluate(
     start = time.perf_counter()
     # temperature 0 is greedy decoding, which ignores the temperature (Sampling requires one > 0)
     sampling = {"temperature": temperature or None, "top_p": top_p, "top_k": top_k, "max_new_tokens": max_new_tokens}
-    module, datamodule = build_from_config(run_config, model, data, {k: v for k, v in sampling.items() if v is not None})
+    sampling = {k: v for k, v in sampling.items() if v is not None}
+    module, datamodule = build_from_config(run_config, model, data, sampling)
     torch.manual_seed(seed)  # a policy built from a config gets the same random weights every time
     module.configure_model()
     if ckpt_path is not None:

@@ -30,7 +30,8 @@ def shown(message: str, module: str, category=UserWarning) -> bool:
 def test_only_the_named_messages_from_their_modules_are_dropped():
     assert not shown(MANUAL_OPT, "lightning.pytorch.callbacks.model_checkpoint")
     assert shown(MANUAL_OPT, "my_training_script")  # the same words from a user's code still show
-    assert shown("The 'train_dataloader' does not have many workers", "lightning.pytorch.trainer.connectors.data_connector")
+    assert shown("The 'train_dataloader' does not have many workers",
+                 "lightning.pytorch.trainer.connectors.data_connector")
     assert shown("my reward returned None for half the batch", "my_rewards")
     leaf = "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec) and treespec.is_leaf()`"
     assert not shown(leaf, "lightning.pytorch.utilities._pytree", FutureWarning)

@@ -2,7 +2,7 @@
 
     stare-lit fit --config configs/arithmetic_stare.yaml     # train (LightningCLI: fit, validate, ...)
     stare-lit fit --config ... --print_config                # the full, resolved config
-    stare-lit warmstart [--help]                             # the offline default's warm start
+    stare-lit warmstart [--task partial_sums] [--help]       # a built-in task's warm start
     stare-lit compare [--help]                               # schemes × seeds → table and plots
 
 Bad settings end with one line naming the setting and the fix, not a traceback.

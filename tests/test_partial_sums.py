@@ -94,9 +94,13 @@ def sums_model_dir(tmp_path_factory) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("config", ["partial_sums_grpo.yaml", "partial_sums_stare.yaml"])
-def test_trains_from_its_config_and_validates_with_pass_at_k(config, sums_model_dir, tmp_path):
-    args = ["fit", "--config", str(ROOT / "configs" / config), "--model.policy.name_or_path", sums_model_dir,
+@pytest.mark.parametrize("configs", [["partial_sums_grpo.yaml"], ["partial_sums_stare.yaml"],
+                                     ["partial_sums_grpo.yaml", "schemes/partial_sums/stare_c2.yaml"],
+                                     ["partial_sums_grpo.yaml", "schemes/partial_sums/stare_adaptive.yaml"]],
+                         ids=lambda c: c[-1].split("/")[-1])
+def test_trains_from_its_config_and_validates_with_pass_at_k(configs, sums_model_dir, tmp_path):
+    files = [arg for c in configs for arg in ("--config", str(ROOT / "configs" / c))]
+    args = ["fit", *files, "--model.policy.name_or_path", sums_model_dir,
             "--trainer.max_steps", "3", "--trainer.default_root_dir", str(tmp_path),
             "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
             "--trainer.val_check_interval", "3", "--model.sampling.max_new_tokens", "8", "--model.group_size", "4",

@@ -123,7 +123,11 @@ class EntropyMonitor(pl.Callback):
         first computed batch.
     - ``entropy_monitor/entropy_position_<k>of<K>``: mean H of the tokens in relative-position bucket
       k of K of their completion (``position_buckets``; a bucket no token falls in is left out).
-    - ``entropy_monitor/forking_token_share``: share of tokens with H > ``forking_entropy``.
+    - ``entropy_monitor/forking_token_share``: share of tokens with H > ``forking_entropy``, and
+      ``entropy_monitor/forking_entropy_mean``: the mean H of those tokens (NaN on a step with none).
+      A *forking position* is thus one whose entropy under π_old exceeds the threshold (not a task's
+      known choice points): as a policy collapses its forks fall below the threshold, so read the
+      mean beside the share (fewer forks, and those left less open).
 
     Histograms of the token entropy and surprisal (``<prefix>token_entropy``, ``<prefix>token_surprisal``)
     go every ``histogram_every_n_steps`` batches to every logger whose ``experiment`` has an

@@ -9,6 +9,7 @@ ones, never as one mean among others. The per-token first-order entropy change c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -98,7 +99,8 @@ def step_stats(
       position in their completion falls in bucket k (``relative_position_buckets``); a bucket with no
       token on any rank is left out.
     - ``forking_token_share`` (``forking_entropy`` set): share of valid tokens with H > forking_entropy,
-      the high-entropy "forking" tokens of arXiv 2506.01939.
+      the high-entropy "forking" tokens of arXiv 2506.01939; ``forking_entropy_mean``: their mean H
+      (NaN when there is none).
     - ``reward_mean`` (``rewards``): mean of the finite rewards of all ranks (absent if there is none).
     - ``token_count``: number of valid tokens over all ranks.
 
@@ -129,7 +131,8 @@ def step_stats(
     parts += [total(torch.where(q, dh, 0.0)) for q in quads]  # 4 predicted-change sums
     parts.append(total(dh_plain))
     if forking_entropy is not None:
-        parts.append(total(valid & (entropy > forking_entropy)))
+        forking = valid & (entropy > forking_entropy)  # (B, T)
+        parts += [total(forking), total(torch.where(forking, entropy, zero))]
     if position_buckets > 0:
         bucket = relative_position_buckets(valid, position_buckets)  # (B, T)
         for k in range(position_buckets):
@@ -156,7 +159,9 @@ def step_stats(
     stats["entropy_change_pred"] = sum(dh_q) / count
     stats["entropy_change_pred_reweight"] = (sum(dh_q) - dh_plain_sum) / count
     if forking_entropy is not None:
-        stats["forking_token_share"] = rest.pop(0) / count
+        n_fork, h_fork = rest.pop(0), rest.pop(0)
+        stats["forking_token_share"] = n_fork / count
+        stats["forking_entropy_mean"] = h_fork / n_fork if n_fork > 0 else math.nan
     for k in range(position_buckets):
         b_sum, b_count = rest.pop(0), rest.pop(0)
         if b_count > 0:

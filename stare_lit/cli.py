@@ -3,7 +3,7 @@
     stare-lit --help                                         # every command, one line each
     stare-lit fit --config configs/arithmetic_stare.yaml     # train (LightningCLI: fit, validate)
     stare-lit fit --config ... --print_config                # the full, resolved config
-    stare-lit warmstart [--help]                             # the offline default's warm start
+    stare-lit warmstart [--task partial_sums] [--help]       # a built-in task's warm start
     stare-lit evaluate [--help]                              # n samples per prompt → pass@k table
     stare-lit export [--help]                                # a checkpoint → a Hugging Face model directory
     stare-lit compare [--help]                               # schemes × seeds → table and plots
@@ -42,8 +42,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("stare_lit.evaluate:evaluate", "sample n completions per prompt from a model or checkpoint; "
                                                  "write pass@k, mean@n and per-prompt results"),
     "export": ("stare_lit.export:export", "turn a checkpoint into a Hugging Face model directory"),
-    "warmstart": ("stare_lit.warmstart:warmstart", "train the offline default's tiny policy "
-                                                   "(artifacts/arith-warmstart)"),
+    "warmstart": ("stare_lit.warmstart:warmstart", "train a built-in task's tiny policy from scratch "
+                                                   "(--task arithmetic | partial_sums)"),
     "compare": ("stare_lit.compare:compare", "train several schemes x seeds; one table and curves"),
 }
 

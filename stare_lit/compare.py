@@ -55,29 +55,46 @@ def steps_until_halved(entropy: pd.Series, window: int = 10) -> float:
     return float(below.index[0]) if len(below) else math.nan
 
 
+def window_means(series: pd.Series) -> tuple[float, float, float]:
+    """Means over the first, middle and last 10% of a per-step series (NaN steps ignored)."""
+    n = len(series)
+    tenth = max(1, n // 10)
+    return (series.iloc[:tenth].mean(), series.iloc[n // 2 - tenth // 2: n // 2 + tenth // 2 + 1].mean(),
+            series.iloc[-tenth:].mean())
+
+
 def summarise_run(metrics_csv: Path) -> tuple[dict, pd.DataFrame]:
     """One run's row of the table, and its per-step curves."""
     df = pd.read_csv(metrics_csv)
     train = df.dropna(subset=["train/entropy"]).set_index("step")
     val_cols = [c for c in df.columns if c.startswith("val/mean@")]
-    pass_cols = [c for c in df.columns if c.startswith("val/pass@")]
     val = df.dropna(subset=val_cols[:1]).set_index("step") if val_cols else pd.DataFrame()
     n = len(train)
     third = max(1, n // 10)
     entropy = train["train/entropy"]
+    start, middle, end = window_means(entropy)
     row = {
-        "entropy_start": entropy.iloc[:third].mean(),
-        "entropy_middle": entropy.iloc[n // 2 - third // 2: n // 2 + third // 2 + 1].mean(),
-        "entropy_end": entropy.iloc[-third:].mean(),
+        "entropy_start": start, "entropy_middle": middle, "entropy_end": end,
         "steps_to_half_entropy": steps_until_halved(entropy.reset_index(drop=True)),
+    }
+    fork = train.get("entropy_monitor/forking_entropy_mean")
+    if fork is not None:  # EntropyMonitor with forking_entropy set: mean H at forking positions
+        row |= dict(zip(["fork_entropy_start", "fork_entropy_middle", "fork_entropy_end"], window_means(fork)))
+        row["fork_share_end"] = window_means(train["entropy_monitor/forking_token_share"])[2]
+    row |= {
         "reward_start": train["train/reward"].iloc[:third].mean(),
         "reward_end": train["train/reward"].iloc[-third:].mean(),
         "completion_length": train["train/completion_length"].mean(),
     }
     if val_cols:
-        row |= {"mean@k_final": val[val_cols[0]].iloc[-1], "mean@k_best": val[val_cols[0]].max(),
-                "pass@k_final": val[pass_cols[0]].iloc[-1], "pass@k_best": val[pass_cols[0]].max()}
+        k = int(val_cols[0].split("@")[1])
+        final = val.iloc[-1]
+        row |= {"mean@k_final": final[val_cols[0]], "mean@k_best": val[val_cols[0]].max(),
+                "pass@1_final": final.get("val/pass@1", math.nan), "pass@k_final": final[f"val/pass@{k}"],
+                "distinct_correct_final": final.get("val/distinct_correct", math.nan)}
     curves = pd.DataFrame({"entropy": entropy, "reward": train["train/reward"]})
+    if fork is not None:
+        curves["fork_entropy"] = fork
     if val_cols:
         curves = curves.join(val[[val_cols[0]]].rename(columns={val_cols[0]: "val_mean@k"}), how="outer")
     return row, curves
@@ -97,14 +114,17 @@ def plot(curves: dict[str, pd.DataFrame], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    panels = [("entropy", 10, "token entropy (10-step mean)"),
+              ("fork_entropy", 10, "entropy at forking positions (10-step mean)"),
+              ("reward", 10, "train reward (10-step mean)"), ("val_mean@k", 1, "validation mean@k")]
+    panels = [p for p in panels if any(p[0] in c for c in curves.values())]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     for name, c in curves.items():
-        for ax, col, smooth in zip(axes, ["entropy", "reward", "val_mean@k"], [10, 10, 1]):
+        for ax, (col, smooth, _) in zip(axes, panels):
             if col in c:
                 s = c[col].dropna()
                 ax.plot(s.index, s.rolling(smooth, min_periods=1).mean(), label=name)
-    for ax, title in zip(axes, ["token entropy (10-step mean)", "train reward (10-step mean)",
-                                "validation mean@k"]):
+    for ax, title in zip(axes, [p[2] for p in panels]):
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -157,11 +177,13 @@ def compare(
     mean, std = numeric.mean(), numeric.std()
     mean.to_csv(out / "summary.csv")
     table = mean.map(lambda v: f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}")
-    for col in ["mean@k_final", "mean@k_best", "pass@k_final", "entropy_end"]:
+    for col in ["mean@k_final", "mean@k_best", "pass@1_final", "pass@k_final", "distinct_correct_final",
+                "entropy_end", "fork_entropy_end"]:
         if col in mean:
             table[col] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(mean[col], std[col].fillna(0))]
     (out / "summary.md").write_text(
         f"{len(seeds)} seeds × {max_steps} steps, base {base}; mean over seeds (± std)\n\n" + markdown(table) + "\n")
     plot(curves, out / "curves.png")
     print((out / "summary.md").read_text())
+    print(f"table: {out / 'summary.md'}\ncurves: {out / 'curves.png'}")
     return out

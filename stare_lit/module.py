@@ -49,7 +49,7 @@ from stare_lit.errors import ConfigError, NonFiniteError, check
 from stare_lit.logprobs import model_logprobs_and_entropy
 from stare_lit.lora import reference_model
 from stare_lit.loss import Aggregation, policy_loss
-from stare_lit.metrics import StepKeys
+from stare_lit.metrics import StepKeys, sample_accuracy
 from stare_lit.policy import Policy
 from stare_lit.rewards import Reward
 from stare_lit.rng import TRAIN, VALIDATION, rng_states, seeded, set_rng_states, stream_seed
@@ -136,7 +136,8 @@ class GRPOModule(L.LightningModule):
         logprob_chunk_size: rows of the log-prob/entropy pass computed at once.
         chat_template: wrap prompts with the tokenizer's chat template.
         system_prompt: system message when chat_template is on.
-        val_samples: k for validation accuracy mean@k and pass@k.
+        val_samples: k, samples per held-out prompt in validation: logs mean@k, unbiased pass@j for
+            j = 1, 2, 4, ..., k, and distinct correct completions per prompt.
         val_temperature: sampling temperature in validation (0 = greedy, needs val_samples 1).
         accuracy_reward: index of the reward that defines "correct" (value >= 1) in validation.
         peak_flops: the device's peak FLOP/s (e.g. 989e12 for an H100 in bf16); when set, the
@@ -233,8 +234,9 @@ class GRPOModule(L.LightningModule):
               "model.chat_template is true but the tokenizer has no chat template; set it to false")
         self.model = None
         self._ref_model = [None]  # in a list: frozen, not a submodule, not in checkpoints
-        self.val_mean_at_k = MeanMetric()
-        self.val_pass_at_k = MeanMetric()
+        # One world-level mean per validation metric (mean@k, pass@1..k, distinct_correct), over prompts.
+        self.val_metrics = torch.nn.ModuleDict({key.replace("@", "_at_"): MeanMetric() for key in
+                                                sample_accuracy([[False] * val_samples], [[""] * val_samples])})
         # Run state that is not a tensor, saved in checkpoints (on_save_checkpoint) for exact resume.
         self._rollout_seed: int | None = None  # base seed of the rollouts (Sampling.seed)
         self.rollouts = 0  # training rollouts so far: the counter of the sampling stream
@@ -667,17 +669,22 @@ class GRPOModule(L.LightningModule):
         per_reward = self.score(batch, rollout, k).per_reward
         values = list(per_reward.values())[self.accuracy_reward].to(self.device)  # (P*k,)
         scorable = ~torch.isnan(values)
-        correct = (values >= 1.0).float().view(-1, k)  # (P, k)
-        rows = scorable.view(-1, k).all(-1)  # prompts every sample of which could be scored
-        self.val_mean_at_k.update(correct[rows].mean(-1))
-        self.val_pass_at_k.update(correct[rows].amax(-1))
+        correct = (values >= 1.0).view(-1, k).tolist()  # (P, k)
+        rows = scorable.view(-1, k).all(-1).tolist()  # prompts every sample of which could be scored
+        texts = [c.strip() for c in rollout.completions]
+        for i, ok in enumerate(rows):
+            if ok:  # per prompt, so that MeanMetric averages over the prompts of every rank
+                for key, value in sample_accuracy([correct[i]], [texts[i * k:(i + 1) * k]]).items():
+                    self.val_metrics[key.replace("@", "_at_")].update(value)
 
     def on_validation_epoch_end(self) -> None:
+        """val/mean@k, val/pass@j (unbiased, j = 1, 2, 4, ..., k; stare_lit.metrics) and
+        val/distinct_correct (distinct correct completions per prompt), means over the held-out prompts."""
         k = self.val_samples
-        self.log(f"val/mean@{k}", self.val_mean_at_k.compute(), prog_bar=True)
-        self.log(f"val/pass@{k}", self.val_pass_at_k.compute())
-        self.val_mean_at_k.reset()
-        self.val_pass_at_k.reset()
+        for name, metric in self.val_metrics.items():
+            key = name.replace("_at_", "@")
+            self.log(f"val/{key}", metric.compute(), prog_bar=key == f"mean@{k}")
+            metric.reset()
 
     # ---------------------------------------------------------------- checkpoints
     # Lightning saves the model, optimizer, LR scheduler, loop progress, the training loader's position

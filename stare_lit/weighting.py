@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from stare_lit.distributed import gather_valid, is_distributed
@@ -185,8 +186,22 @@ class STARE(TokenWeighting):
     micro-batches. With one micro-batch and μ = 1 the two are the same. Either way, under several
     processes the ranking is over all ranks.
 
+    The target is absolute (``target_entropy``, nats) or relative (``relative_target``: a fraction of
+    the mean controller entropy over the first ``baseline_steps`` steps, so one YAML serves any warm
+    start; the gate stays closed, ω ≡ 1, until the baseline is in). Set exactly one of the two.
+
+    With the adaptive schedule, a controller that has held W at ``w_max`` (and, in C2, M at ``m_min``)
+    for ``saturation_window`` steps in a row while the entropy stayed below target has no authority
+    left: it warns once and logs ``saturated`` = 1 from then on (``saturated_steps`` counts the run).
+
     Args:
-        target_entropy: H_tgt; the gate is on while the batch entropy is below it.
+        target_entropy: H_tgt in nats; the gate is on while the batch entropy is below it. Null
+            when ``relative_target`` is set.
+        relative_target: H_tgt as a fraction (> 0) of the mean controller entropy over the first
+            ``baseline_steps`` steps, or null for an absolute target.
+        baseline_steps: steps whose mean entropy is the base of ``relative_target``.
+        saturation_window: steps in a row at the adaptive schedule's bound, entropy below target,
+            after which the saturation warning fires.
         top_ratio: P in [0, 1].
         w: W > 0 (paper: 1.1 at 7B, 1.05 at 14B/32B).
         m: M > 0 (paper: 0.9 at 7B, 0.95 at 14B/32B); used by variant C2 only.
@@ -203,7 +218,7 @@ class STARE(TokenWeighting):
 
     def __init__(
         self,
-        target_entropy: float = 0.3,
+        target_entropy: float | None = 0.3,
         top_ratio: float = 0.1,
         w: float = 1.1,
         m: float = 0.9,
@@ -213,6 +228,9 @@ class STARE(TokenWeighting):
         w_max: float = 1.5,
         m_min: float = 0.5,
         scope: Literal["micro_batch", "step"] = "micro_batch",
+        relative_target: float | None = None,
+        baseline_steps: int = 10,
+        saturation_window: int = 50,
     ) -> None:
         key = "model.scheme.init_args"
         check(scope in ("micro_batch", "step"), f"{key}.scope must be 'micro_batch' or 'step', got {scope!r}")
@@ -220,10 +238,19 @@ class STARE(TokenWeighting):
         check(w > 0, f"{key}.w must be > 0 (W multiplies the loss of L+ tokens; the paper uses 1.1), got {w}")
         check(m > 0, f"{key}.m must be > 0 (M multiplies the loss of L- tokens; the paper uses 0.9), got {m}")
         check(variant in ("O1", "C2"), f"{key}.variant must be 'O1' or 'C2', got {variant!r}")
-        check(target_entropy > 0, f"{key}.target_entropy must be > 0 (nats), got {target_entropy}")
+        check((target_entropy is None) != (relative_target is None),
+              f"{key}: set exactly one of target_entropy (nats) and relative_target (a fraction of the early "
+              f"entropy), got {target_entropy} and {relative_target}; write target_entropy: null to use relative_target")
+        check(target_entropy is None or target_entropy > 0, f"{key}.target_entropy must be > 0 (nats), got {target_entropy}")
+        check(relative_target is None or relative_target > 0,
+              f"{key}.relative_target must be > 0 (e.g. 0.9 holds 90% of the early entropy), got {relative_target}")
+        check(baseline_steps >= 1, f"{key}.baseline_steps must be >= 1, got {baseline_steps}")
+        check(saturation_window >= 1, f"{key}.saturation_window must be >= 1, got {saturation_window}")
         check(alpha >= 0, f"{key}.alpha must be >= 0, got {alpha}")
         check(w_max >= 1 and 0 < m_min <= 1, f"{key}: need w_max >= 1 and 0 < m_min <= 1, got {w_max}, {m_min}")
-        self.target_entropy = target_entropy
+        self.relative_target = relative_target
+        self.baseline_steps = baseline_steps
+        self.saturation_window = saturation_window
         self.top_ratio = top_ratio
         self.variant = variant
         self.adaptive = adaptive
@@ -235,19 +262,41 @@ class STARE(TokenWeighting):
         # Mutable state (checkpointed): the live weights, the gate, the entropy it last saw.
         self.w = w
         self.m = m
-        self.gate_on = True
+        self.gate_on = relative_target is None  # a relative target is unknown until the baseline is in
         self.entropy = math.nan
+        self.target_entropy = target_entropy if target_entropy is not None else math.nan
+        self.baseline: list[float] = []  # the first baseline_steps readings (relative target only)
+        self.saturated_steps = 0  # steps in a row at the schedule's bound with entropy below target
+        self.saturated = False  # the warning has fired
         self._stats: dict[str, float] = {}
 
     def update(self, batch_entropy: float) -> None:
         if not math.isfinite(batch_entropy):
             return  # as the official controller: a NaN/inf reading changes nothing
         self.entropy = float(batch_entropy)
+        if self.relative_target is not None and len(self.baseline) < self.baseline_steps:
+            self.baseline.append(self.entropy)
+            if len(self.baseline) < self.baseline_steps:
+                return  # gate closed (ω ≡ 1) while the baseline is being measured
+            self.target_entropy = self.relative_target * sum(self.baseline) / len(self.baseline)
         self.gate_on = batch_entropy < self.target_entropy
         if self.adaptive and self.alpha > 0:
             sign = math.copysign(1.0, self.target_entropy - batch_entropy) if batch_entropy != self.target_entropy else 0.0
             self.w = min(max(self.w + self.alpha * sign, 1.0), self.w_max)
             self.m = min(max(self.m - self.alpha * sign, self.m_min), 1.0)
+            self.watch_saturation()
+
+    def watch_saturation(self) -> None:
+        """Count steps at the schedule's bound with entropy below target; warn once after the window."""
+        at_bound = self.w >= self.w_max and (self.variant == "O1" or self.m <= self.m_min)
+        self.saturated_steps = self.saturated_steps + 1 if at_bound and self.gate_on else 0
+        if self.saturated_steps >= self.saturation_window and not self.saturated:
+            self.saturated = True
+            rank_zero_warn(f"STARE: the adaptive schedule has held W at w_max={self.w_max}"
+                           + (f" and M at m_min={self.m_min}" if self.variant == "C2" else "")
+                           + f" for {self.saturated_steps} steps while the entropy ({self.entropy:.4g}) stayed below "
+                           f"the target ({self.target_entropy:.4g}): the controller has no authority left. Raise "
+                           f"w_max (or lower m_min), raise top_ratio, or lower the target")
 
     def prepare(self, step_tokens: TokenBatch) -> None:
         self._step_selection = None
@@ -280,17 +329,25 @@ class STARE(TokenWeighting):
             "w": self.w,
             "m": self.m,
         }
+        if self.adaptive:
+            self._stats |= {"saturated": float(self.saturated), "saturated_steps": float(self.saturated_steps)}
         return weights
 
     def metrics(self) -> dict[str, float]:
         return dict(self._stats)
 
     def state_dict(self) -> dict:
-        return {"w": self.w, "m": self.m, "gate_on": self.gate_on, "entropy": self.entropy}
+        return {"w": self.w, "m": self.m, "gate_on": self.gate_on, "entropy": self.entropy,
+                "target_entropy": self.target_entropy, "baseline": list(self.baseline),
+                "saturated_steps": self.saturated_steps, "saturated": self.saturated}
 
     def load_state_dict(self, state: dict) -> None:
         self.w, self.m = float(state["w"]), float(state["m"])
         self.gate_on, self.entropy = bool(state["gate_on"]), float(state["entropy"])
+        if "target_entropy" in state:  # checkpoints from before the relative target lack these
+            self.target_entropy = float(state["target_entropy"])
+            self.baseline = [float(x) for x in state["baseline"]]
+            self.saturated_steps, self.saturated = int(state["saturated_steps"]), bool(state["saturated"])
 
 
 def steer_omega(logprobs: Tensor, old_logprobs: Tensor, entropy: Tensor, advantages: Tensor) -> Tensor:

@@ -85,6 +85,7 @@ HAND_EXPECTED = {
     "entropy_monitor/entropy_position_3of4": 1.5,
     "entropy_monitor/entropy_position_4of4": 2.5,
     "entropy_monitor/forking_token_share": 0.8,
+    "entropy_monitor/forking_entropy_mean": 7.5 / 4,  # H > 0.672: 1.0, 2.0, 1.5, 3.0 (the padded 99 is not counted)
 }
 
 

@@ -28,12 +28,12 @@ SYMBOLS = "0123456789+=;"
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 
 
-def char_tokenizer():
-    """A character-level Hugging Face tokenizer over the task's symbols (left padding)."""
+def char_tokenizer(symbols: str = SYMBOLS):
+    """A character-level Hugging Face tokenizer over ``symbols`` (default: this task's; left padding)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {PAD: 0, EOS: 1, UNK: 2} | {c: 3 + i for i, c in enumerate(SYMBOLS)}
+    vocab = {PAD: 0, EOS: 1, UNK: 2} | {c: 3 + i for i, c in enumerate(symbols)}
     core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # one token per char
     core.decoder = decoders.Fuse()  # join characters back without spaces

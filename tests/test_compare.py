@@ -32,3 +32,21 @@ def test_summary_has_fork_entropy_pass_at_1_pass_at_n_and_distinct(tmp_path):
     assert row["distinct_correct_final"] == 2.5 and row["mean@k_best"] == 0.5
     assert {"entropy", "fork_entropy", "reward", "val_mean@k"} <= set(curves.columns)
     assert not math.isnan(curves["val_mean@k"].dropna().iloc[-1])
+
+
+@pytest.mark.parametrize("name", ["main", "protocol"])
+def test_compare_configs_parse_and_name_existing_files(name):
+    """configs/compare/*.yaml are `stare-lit compare --config` files whose base and schemes exist."""
+    from pathlib import Path
+
+    from jsonargparse import ArgumentParser
+
+    from stare_lit.compare import compare
+
+    root = Path(__file__).parents[1]
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_function_arguments(compare)
+    cfg = parser.parse_path(str(root / "configs" / "compare" / f"{name}.yaml"))
+    assert (root / cfg.base).is_file()
+    assert cfg.schemes and all((root / s).is_file() for s in cfg.schemes)
+    assert cfg.max_steps >= 300 and cfg.jobs == 2

@@ -34,7 +34,7 @@ def test_summary_has_fork_entropy_pass_at_1_pass_at_n_and_distinct(tmp_path):
     assert not math.isnan(curves["val_mean@k"].dropna().iloc[-1])
 
 
-@pytest.mark.parametrize("name", ["main", "protocol"])
+@pytest.mark.parametrize("name", ["main", "protocol", "protocol_baselines"])
 def test_compare_configs_parse_and_name_existing_files(name):
     """configs/compare/*.yaml are `stare-lit compare --config` files whose base and schemes exist."""
     from pathlib import Path

@@ -436,7 +436,9 @@ class GRPOModule(L.LightningModule):
                 seen = [torch.cat(parts) for parts in zip(*used)]
                 logged = {**{k: v.item() for k, v in loss_stats.items()}, "grad_norm": grad_norm,
                           "loss": all_reduce_sum(torch.tensor(loss_total)).item() / world,  # the world's loss
-                          "rows_skipped": skip.float().mean().item()}
+                          "rows_skipped": skip.float().mean().item(),
+                          # forwarded and backwarded with grad (prompt + completion, no padding), × μ
+                          "trained_tokens": float(rollout.attention_mask[~skip].sum().item() * self.updates_per_batch)}
         return replace(tokens, advantages=seen[0], mask=seen[1], weights=seen[2]), logged
 
     def forwarded(self, rows: Tensor, fallback: Tensor) -> Tensor:
@@ -606,10 +608,6 @@ class GRPOModule(L.LightningModule):
             f"nothing); resume from it with --ckpt_path after lowering model.optimizer's lr, using "
             f"model.policy.dtype: float32, or raising model.max_nonfinite_steps")
 
-    def trained_tokens(self, rollout: Rollout) -> int:
-        """Tokens the update forwards and backwards (prompt and completion, no padding) × μ."""
-        return int(rollout.attention_mask.sum().item()) * self.updates_per_batch
-
     def log_step(self, generated: Rollout, kept: Rollout, scored: ScoredBatch, flat, unscored, tokens: Tokens,
                  stats, times) -> None:
         """Log the step. ``generated`` is the rollout as sampled, ``kept`` the same with only the tokens that
@@ -634,11 +632,12 @@ class GRPOModule(L.LightningModule):
             "train/nonfinite_steps": float(self.nonfinite_steps),
             "time/generate_s": times[0], "time/score_s": times[1], "time/update_s": times[2],
             "train/generated_tokens_per_s": lengths.sum().item() / max(times[0], 1e-9),
-            "train/trained_tokens_per_s": self.trained_tokens(kept) / max(times[2], 1e-9),
+            # tokens forwarded and backwarded with grad, × μ (skipped rows not counted; 0 when nothing was learnt)
+            "train/trained_tokens_per_s": stats.get("trained_tokens", 0.0) / max(times[2], 1e-9),
         }
         if self.peak_flops:  # 6·N·D: forward + backward of every trained token, per optimizer step
             n_params = sum(p.numel() for p in self.model.parameters())
-            metrics["train/mfu"] = 6 * n_params * self.trained_tokens(kept) / max(times[2], 1e-9) / self.peak_flops
+            metrics["train/mfu"] = 6 * n_params * stats.get("trained_tokens", 0.0) / max(times[2], 1e-9) / self.peak_flops
         metrics |= {f"train/{k}": v for k, v in stats.items()}
         for name, values in scored.per_reward.items():
             valid = values[~torch.isnan(values)]

@@ -137,6 +137,9 @@ def test_stare_step_scope_with_micro_batches(tiny_policy, tmp_path):
 
 
 def test_mfu_is_logged_when_peak_flops_is_given(tiny_policy, tmp_path):
-    _, metrics = fit(make_module(tiny_policy, peak_flops=1e12), tmp_path, steps=1)
+    _, metrics = fit(make_module(tiny_policy, peak_flops=1e12, skip_inert_rows=False), tmp_path / "a", steps=1)
     mfu = metrics["train/mfu"].dropna()
     assert len(mfu) == 1 and 0 < mfu.iloc[0] < 1
+    # The tiny random policy earns no reward, so every group is flat: with skipping nothing is trained on.
+    _, metrics = fit(make_module(tiny_policy, peak_flops=1e12), tmp_path / "b", steps=1)
+    assert metrics["train/mfu"].dropna().tolist() == [0.0] and metrics["train/trained_tokens_per_s"].dropna().tolist() == [0.0]

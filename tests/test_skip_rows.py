@@ -145,3 +145,14 @@ def test_row_inputs_cut_shared_padding():
     assert completion.tolist() == [[6, 0], [9, 4]]
     inputs, completion = row_inputs(rollout, torch.tensor([0]))
     assert inputs["input_ids"].tolist() == [[5, 6]] and completion.tolist() == [[6]]
+
+
+def test_trained_tokens_count_only_the_rows_forwarded_with_grad(tiny_policy):
+    """train/trained_tokens_per_s (and MFU) count the tokens that were trained on, not the skipped rows'."""
+    _, _, tokens, on, _ = run(tiny_policy, True, GRPO())
+    _, _, _, off, _ = run(tiny_policy, False, GRPO())
+    skipped = skipped_rows(tokens)
+    assert 0 < skipped.sum() < len(skipped)
+    assert 0 < on["trained_tokens"] < off["trained_tokens"]
+    # the skipped rows' completion tokens alone account for at least part of the difference
+    assert off["trained_tokens"] - on["trained_tokens"] >= tokens.mask[skipped].sum().item()

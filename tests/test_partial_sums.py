@@ -96,7 +96,8 @@ def sums_model_dir(tmp_path_factory) -> str:
 
 @pytest.mark.parametrize("configs", [["partial_sums_grpo.yaml"], ["partial_sums_stare.yaml"],
                                      ["partial_sums_grpo.yaml", "schemes/partial_sums/stare_c2.yaml"],
-                                     ["partial_sums_grpo.yaml", "schemes/partial_sums/stare_adaptive.yaml"]],
+                                     ["partial_sums_grpo.yaml", "schemes/partial_sums/stare_adaptive.yaml"],
+                                     ["partial_sums_grpo.yaml", "schemes/partial_sums/stare_tuned.yaml"]],
                          ids=lambda c: c[-1].split("/")[-1])
 def test_trains_from_its_config_and_validates_with_pass_at_k(configs, sums_model_dir, tmp_path):
     files = [arg for c in configs for arg in ("--config", str(ROOT / "configs" / c))]

@@ -3,7 +3,7 @@
     python benchmarks/code_reward_cost.py              # ~1 minute on 2 CPU cores
     python benchmarks/code_reward_cost.py --rounds 5
 
-The batch is the built-in code task's 36 reference solutions (stare_lit/tasks/data/code_tasks.jsonl,
+The batch is the built-in code task's 36 reference solutions (stare_lit/data/tasks/data/code_tasks.jsonl,
 each scored 1.0 against its 2-4 asserts). Per completion, in rounds that alternate the variants
 (A B C, then B C A, ...) so that machine noise hits each alike:
 
@@ -27,9 +27,9 @@ import time
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from common import header, load, median, spread, table, write_result  # noqa: E402
 
-from stare_lit.rewards import CodeTestReward  # noqa: E402
-from stare_lit.sandbox import probe  # noqa: E402
-from stare_lit.tasks.code import TASKS  # noqa: E402
+from stare_lit.rewards.code import CodeTestReward  # noqa: E402
+from stare_lit.rewards.sandbox import probe  # noqa: E402
+from stare_lit.data.tasks.code import TASKS  # noqa: E402
 
 
 def bare(row: dict) -> float:

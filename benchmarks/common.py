@@ -149,7 +149,7 @@ def char_tokenizer_with_vocab(vocab_size: int):
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from stare_lit.tasks.arithmetic import EOS, PAD, SYMBOLS, UNK
+    from stare_lit.data.tasks.arithmetic import EOS, PAD, SYMBOLS, UNK
 
     vocab = {PAD: 0, EOS: 1, UNK: 2} | {c: 3 + i for i, c in enumerate(SYMBOLS)}
     vocab |= {f"<x{i}>": i for i in range(len(vocab), vocab_size)}
@@ -170,7 +170,7 @@ def save_tiny_policy(path: Path, seed: int = 0, vocab_size: int = 16, **config) 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from stare_lit.tasks.arithmetic import char_tokenizer
+    from stare_lit.data.tasks.arithmetic import char_tokenizer
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_llama_config(vocab_size=vocab_size, **config))

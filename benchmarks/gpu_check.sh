@@ -16,7 +16,7 @@ python3 -c "import torch, lightning, transformers; print('torch', torch.__versio
 
 python3 -m pytest -q -p no:warnings tests/test_resume.py 2>&1 | grep -E "^E |passed|failed" | tee "$out/pytest_resume.txt"
 
-run() { python3 -m stare_lit.cli fit --config configs/fsdp_gpu_smoke.yaml --trainer.default_root_dir "$out/$1" \
+run() { python3 -m stare_lit.commands.cli fit --config configs/fsdp_gpu_smoke.yaml --trainer.default_root_dir "$out/$1" \
           --trainer.logger.init_args.save_dir "$out/$1" "${@:2}" > "$out/$1.log" 2>&1; echo "$1: exit $?"; }
 run first
 ckpt=$(ls -d "$out"/first/version_0/checkpoints/*step=10.ckpt | head -1)

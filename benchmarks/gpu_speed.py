@@ -3,7 +3,7 @@
     bash benchmarks/gpu_speed.sh                 # on a GPU: < 8 min, writes benchmarks/results/gpu_speed.txt
     GPU_SPEED_SMOKE=1 python benchmarks/gpu_speed.py   # a tiny model on CPU: checks the script runs end to end
 
-1. Rollout tokens/s of stare_lit.engine.FastRollout (CUDA graphs) vs Hugging Face generate
+1. Rollout tokens/s of stare_lit.rollout.FastRollout (CUDA graphs) vs Hugging Face generate
    (stare_lit.rollout.HFGenerate) at 8 prompts × G = 8 = 64 rows × 256 new tokens, alternating
    H F F H ... after one warm-up each (FastRollout captures its graphs there).
 2. The update of a real training step (``stare-lit``'s GRPOModule under a Lightning Trainer, μ = 1, one
@@ -53,9 +53,10 @@ def sync() -> None:
 def rollout_speed(device: torch.device, tokenizer) -> list[str]:
     from transformers import AutoModelForCausalLM
 
-    from stare_lit.engine import FastRollout
-    from stare_lit.policy import DTYPES
-    from stare_lit.rollout import HFGenerate, Sampling
+    from stare_lit.rollout.fast import FastRollout
+    from stare_lit.train.policy import DTYPES
+    from stare_lit.rollout.hf import HFGenerate
+    from stare_lit.rollout.base import Sampling
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config(), dtype=DTYPES[DTYPE]).to(device).eval()
@@ -94,9 +95,9 @@ def update_speed(tokenizer_dir: str) -> list[str]:
     from lightning.pytorch.callbacks import Callback
 
     from stare_lit.module import GRPOModule
-    from stare_lit.policy import Policy
-    from stare_lit.rollout import Sampling
-    from stare_lit.tasks.arithmetic import ArithmeticDataModule, ArithmeticReward
+    from stare_lit.train.policy import Policy
+    from stare_lit.rollout.base import Sampling
+    from stare_lit.data.tasks.arithmetic import ArithmeticDataModule, ArithmeticReward
 
     class Measured(GRPOModule):
         """Peak CUDA memory of the update alone: the counter is reset after the rollout."""

@@ -37,11 +37,11 @@ def worker(a) -> None:
     import torch
     from lightning.pytorch.callbacks import Callback
 
-    from stare_lit.lora import LoRA
+    from stare_lit.train.lora import LoRA
     from stare_lit.module import GRPOModule, LossSettings
-    from stare_lit.policy import Policy
-    from stare_lit.rewards import Reward
-    from stare_lit.rollout import Sampling
+    from stare_lit.train.policy import Policy
+    from stare_lit.rewards.base import Reward
+    from stare_lit.rollout.base import Sampling
 
     torch.set_num_threads(a.threads)
     base_rss = rss_mib()
@@ -61,7 +61,7 @@ def worker(a) -> None:
 
     class Prompts(L.LightningDataModule):
         def train_dataloader(self):
-            from stare_lit.data import collate_prompts
+            from stare_lit.data.datamodule import collate_prompts
 
             rows = [{"prompt": p, "answer": ""} for p in PROMPTS] * a.steps
             return torch.utils.data.DataLoader(rows, batch_size=len(PROMPTS), collate_fn=collate_prompts)

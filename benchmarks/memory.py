@@ -8,13 +8,13 @@ every position. Variants:
 
 - naive: ``log_softmax`` over the whole (B, T, V) in fp32, gather, H = −Σ p log p — every fp32
   intermediate of the full batch lives at once (and, under autograd, is kept for backward).
-- chunked: ``stare_lit.logprobs.token_logprobs_and_entropy`` — ``--chunk`` positions at a time,
+- chunked: ``stare_lit.ops.token_logprobs_and_entropy`` — ``--chunk`` positions at a time,
   with a hand-written backward that keeps two floats per position (logsumexp, H) and recomputes
   one chunk's softmax at a time.
 - chunked-checkpoint: stare-lit's pass before that backward was written (kept here to measure
   the change): the same chunks under activation checkpointing, so backward re-runs each chunk's
   forward and then autograd's backward through it.
-- head (stare-lit's pass since issue 12; ``stare_lit.logprobs.head_logprobs_and_entropy``): from the
+- head (stare-lit's pass since issue 12; ``stare_lit.ops.head_logprobs_and_entropy``): from the
   hidden states (B, T, 1024) and the LM head W (V, 1024); each chunk's logits are computed, used and
   dropped, forward and backward (which recomputes them), so no (B, T, V) tensor exists. Its time
   includes the LM-head matmuls (forward, and three in backward: recompute, ∂hidden, ∂W); its memory
@@ -59,7 +59,7 @@ def naive(logits, ids, temperature: float = 1.0):
 
 
 def head(hidden, weight, ids, temperature: float = 1.0, chunk: int = 1024):
-    from stare_lit.logprobs import head_logprobs_and_entropy
+    from stare_lit.ops.logprobs import head_logprobs_and_entropy
 
     return head_logprobs_and_entropy(hidden, weight, ids, temperature=temperature, chunk_size=chunk)
 
@@ -69,7 +69,7 @@ def naive_head(hidden, weight, ids, temperature: float = 1.0, chunk: int = 1024)
 
 
 def chunked(logits, ids, temperature: float = 1.0, chunk: int = 1024):
-    from stare_lit.logprobs import token_logprobs_and_entropy
+    from stare_lit.ops.logprobs import token_logprobs_and_entropy
 
     return token_logprobs_and_entropy(logits, ids, temperature, chunk)
 

@@ -1,10 +1,10 @@
 """What a token-weighting scheme costs: GRPO vs STARE vs STEER vs ERPO ... on the same batch.
 
     python benchmarks/overhead.py                     # ~1 minute on 2 CPU cores
-    python benchmarks/overhead.py --schemes stare_lit.weighting.GRPO stare_lit.weighting.STARE
+    python benchmarks/overhead.py --schemes stare_lit.schemes.GRPO stare_lit.schemes.STARE
 
-Default schemes: every ``TokenWeighting`` subclass defined in ``stare_lit.weighting`` and
-``stare_lit.erpo`` when the script runs (``--baselines`` adds ``stare_lit.baselines``), each built
+Default schemes: every ``TokenWeighting`` subclass defined in ``stare_lit.schemes`` (base, stare, steer) and
+``stare_lit.schemes.erpo`` when the script runs (``--baselines`` adds ``stare_lit.schemes.baselines``), each built
 with its defaults except STARE, whose gate is forced open (target_entropy 1e9) so it always
 reweights. Schemes that cannot be built without arguments (``Compose``) are listed as skipped.
 
@@ -37,8 +37,8 @@ import torch  # noqa: E402
 
 from benchmarks.common import header, median, save_tiny_policy, spread, table, write_result  # noqa: E402
 
-SCHEME_MODULES = ["stare_lit.weighting", "stare_lit.erpo"]
-BASELINE_MODULES = ["stare_lit.baselines"]
+SCHEME_MODULES = ["stare_lit.schemes.base", "stare_lit.schemes.stare", "stare_lit.schemes.steer", "stare_lit.schemes.erpo"]
+BASELINE_MODULES = ["stare_lit.schemes.baselines"]
 OVERRIDES = {"STARE": {"target_entropy": 1e9}}  # gate always open: the selection and the reweighting run
 SCHEME_METHODS = ["update", "prepare", "advantages", "mask", "weights", "extra_loss", "metrics"]
 PARTS = ["generate", "score", "forward (grad)", "forward (no grad: old/ref pass)", "weighting", "loss",
@@ -47,7 +47,7 @@ PARTS = ["generate", "score", "forward (grad)", "forward (no grad: old/ref pass)
 
 def discover(modules: list[str]) -> list[str]:
     """Class paths of every TokenWeighting subclass defined in ``modules`` (in definition order)."""
-    from stare_lit.weighting import TokenWeighting
+    from stare_lit.schemes.base import TokenWeighting
 
     found = []
     for name in modules:
@@ -69,7 +69,7 @@ def build_scheme(path: str):
 
 
 def graded_reward_class():
-    from stare_lit.rewards import Reward
+    from stare_lit.rewards.base import Reward
 
     class GradedReward(Reward):
         """Digit count mod 5, scaled to [0, 1]: a reward with spread for a random-weight policy."""
@@ -108,10 +108,10 @@ def run_scheme(path: str, a, model_dir: str, rows: list[dict], cached: dict) -> 
     from torch.utils.data import DataLoader
 
     import stare_lit.module as module_file
-    from stare_lit.data import collate_prompts
+    from stare_lit.data.datamodule import collate_prompts
     from stare_lit.module import GRPOModule, LossSettings
-    from stare_lit.policy import Policy
-    from stare_lit.rollout import Sampling
+    from stare_lit.train.policy import Policy
+    from stare_lit.rollout.base import Sampling
 
     clock = StepClock()
     module = GRPOModule(policy=Policy(name_or_path=model_dir), rewards=[graded_reward_class()()],
@@ -163,7 +163,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--schemes", nargs="+", help="class paths (default: every TokenWeighting subclass in "
                                                  + ", ".join(SCHEME_MODULES) + ")")
-    p.add_argument("--baselines", action="store_true", help="also every scheme in stare_lit.baselines")
+    p.add_argument("--baselines", action="store_true", help="also every scheme in stare_lit.schemes.baselines")
     p.add_argument("--model", help="a saved policy directory; default: the tiny Llama from a config, random weights")
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--group-size", type=int, default=8)
@@ -184,8 +184,8 @@ def main() -> None:
 
     from benchmarks.vs_trl import prompt_rows
     from stare_lit.module import GRPOModule
-    from stare_lit.policy import Policy
-    from stare_lit.rollout import Sampling
+    from stare_lit.train.policy import Policy
+    from stare_lit.rollout.base import Sampling
 
     paths = a.schemes or discover(SCHEME_MODULES + (BASELINE_MODULES if a.baselines else []))
     schemes, skipped = [], []

@@ -1,4 +1,4 @@
-"""Rollout engines: stare_lit.engine.FastRollout vs Hugging Face generate (stare_lit.rollout.HFGenerate).
+"""Rollout engines: stare_lit.rollout.FastRollout vs Hugging Face generate (stare_lit.rollout.HFGenerate).
 
     python benchmarks/rollout.py                  # tiny (h128, 3 layers, vocab 16) and 12M (h320, 6 layers, vocab 8000)
     python benchmarks/rollout.py --models tiny --repeats 3
@@ -61,8 +61,9 @@ def prompts(n: int, seed: int) -> list[str]:
 def bench_model(name: str, a) -> dict:
     from transformers import AutoModelForCausalLM
 
-    from stare_lit.engine import FastRollout
-    from stare_lit.rollout import HFGenerate, Sampling
+    from stare_lit.rollout.fast import FastRollout
+    from stare_lit.rollout.hf import HFGenerate
+    from stare_lit.rollout.base import Sampling
 
     kw = MODELS[name]
     torch.manual_seed(0)
@@ -71,7 +72,7 @@ def bench_model(name: str, a) -> dict:
     model.generation_config.pad_token_id = 0
     tokenizer = char_tokenizer_with_vocab(kw["vocab_size"]) if kw["vocab_size"] > 16 else None
     if tokenizer is None:
-        from stare_lit.tasks.arithmetic import char_tokenizer
+        from stare_lit.data.tasks.arithmetic import char_tokenizer
 
         tokenizer = char_tokenizer()
         tokenizer.padding_side = "left"

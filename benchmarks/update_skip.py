@@ -33,10 +33,10 @@ from benchmarks.common import fmt, header, load, median, save_tiny_policy, sprea
 
 def build(model_dir: str, skip: bool):
     from stare_lit.module import GRPOModule
-    from stare_lit.policy import Policy
-    from stare_lit.rollout import Sampling
-    from stare_lit.tasks.arithmetic import ArithmeticReward
-    from stare_lit.weighting import STARE
+    from stare_lit.train.policy import Policy
+    from stare_lit.rollout.base import Sampling
+    from stare_lit.data.tasks.arithmetic import ArithmeticReward
+    from stare_lit.schemes.stare import STARE
 
     module = GRPOModule(policy=Policy(name_or_path=model_dir), rewards=[ArithmeticReward()], group_size=8,
                         scheme=STARE(target_entropy=100.0, top_ratio=0.1, w=1.1), skip_inert_rows=skip,
@@ -62,7 +62,7 @@ def main() -> None:
     model_dir = a.model or str(save_tiny_policy(Path(tempfile.mkdtemp()) / "tiny"))
 
     from benchmarks.vs_trl import prompt_rows
-    from stare_lit.advantages import group_advantages
+    from stare_lit.ops.advantages import group_advantages
 
     modules = {True: build(model_dir, True), False: build(model_dir, False)}
     start = {k: v.detach().clone() for k, v in modules[True].model.state_dict().items()}

@@ -63,7 +63,7 @@ ADVANTAGE_EPS = 1e-4  # TRL hard-codes (std + 1e-4); stare-lit's advantage_eps d
 
 # ---------------------------------------------------------------- shared setup
 def prompt_rows(n: int, seed: int, min_digits: int = 3, max_digits: int = 3) -> list[dict]:
-    from stare_lit.tasks.arithmetic import as_row, sample_problems
+    from stare_lit.data.tasks.arithmetic import as_row, sample_problems
 
     return [as_row(a, b) for a, b in sample_problems(n, min_digits, max_digits, seed)]
 
@@ -100,7 +100,7 @@ class GenerateTimer:
 
 def arithmetic_reward_fn(prompts, completions, answer, **_):
     """TRL-style reward function around stare-lit's ArithmeticReward (same scores)."""
-    from stare_lit.tasks.arithmetic import ArithmeticReward
+    from stare_lit.data.tasks.arithmetic import ArithmeticReward
 
     return ArithmeticReward()(prompts, completions, answer=answer)
 
@@ -125,11 +125,11 @@ def worker_stare(a) -> dict:
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from stare_lit.data import collate_prompts
+    from stare_lit.data.datamodule import collate_prompts
     from stare_lit.module import GRPOModule, LossSettings
-    from stare_lit.policy import Policy
-    from stare_lit.rollout import Sampling
-    from stare_lit.tasks.arithmetic import ArithmeticReward
+    from stare_lit.train.policy import Policy
+    from stare_lit.rollout.base import Sampling
+    from stare_lit.data.tasks.arithmetic import ArithmeticReward
 
     class StepTimer(L.Callback):
         def __init__(self) -> None:
@@ -231,12 +231,13 @@ def compare_losses(model_dir: str, prompts: int = 4, group_size: int = 4, max_ne
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOTrainer
 
-    from stare_lit.advantages import group_advantages
-    from stare_lit.loss import policy_loss
+    from stare_lit.ops.advantages import group_advantages
+    from stare_lit.ops.loss import policy_loss
     from stare_lit.module import GRPOModule
-    from stare_lit.policy import Policy
-    from stare_lit.rewards import Reward
-    from stare_lit.rollout import Sampling, completion_mask, generate
+    from stare_lit.train.policy import Policy
+    from stare_lit.rewards.base import Reward
+    from stare_lit.rollout.base import Sampling, completion_mask
+    from stare_lit.rollout.hf import generate
 
     class Toy(Reward):
         def __call__(self, prompts, completions, **columns):

@@ -50,9 +50,9 @@ from torch import Tensor
 
 from callbacks.forecast import EntropyForecaster, Forecast
 from callbacks.stats import QUADRANTS, batches_done, field, step_stats
-from stare_lit.distributed import gather_valid
+from stare_lit.ops.distributed import gather_valid
 from stare_lit.errors import check
-from stare_lit.metrics import StepKeys
+from stare_lit.train.step_log import StepKeys
 
 __all__ = ["AlertEvent", "EntropyCollapseAlert", "EntropyMonitor"]
 
@@ -107,7 +107,7 @@ class EntropyMonitor(pl.Callback):
     - ``entropy_monitor/zero_adv_share``: share of valid tokens with A == 0 (groups whose rewards are
       all equal; they carry no policy gradient). The four quadrants plus this add up to 1.
     - Attribution of the predicted entropy change, per unit step size
-      (``stare_lit.entropy_dynamics.predicted_entropy_change``: A * w * pi(a) * (s - H), w the scheme's
+      (``stare_lit.ops.predicted_entropy_change``: A * w * pi(a) * (s - H), w the scheme's
       token weight), for each quadrant ``<q>`` above:
 
       - ``entropy_monitor/entropy_change_pred_<q>``: the quadrant's sum divided by the number of valid

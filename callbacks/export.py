@@ -19,7 +19,7 @@ import os
 import lightning as L
 
 from stare_lit.errors import check
-from stare_lit.lora import has_adapters
+from stare_lit.train.lora import has_adapters
 
 
 class ExportAtFitEnd(L.Callback):

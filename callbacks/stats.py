@@ -4,7 +4,7 @@ Every callback reads the dict that ``training_step`` returns (see callbacks/entr
 and reduces it over the valid tokens of *all* ranks with a single ``all_reduce`` of sums, so every
 rank gets the same numbers: a rank with long completions counts for more tokens than one with short
 ones, never as one mean among others. The per-token first-order entropy change comes from
-``stare_lit.entropy_dynamics``.
+``stare_lit.ops.entropy_dynamics``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from stare_lit.distributed import all_reduce_sum
-from stare_lit.entropy_dynamics import QUADRANTS, predicted_entropy_change, quadrant_masks
+from stare_lit.ops.distributed import all_reduce_sum
+from stare_lit.ops.entropy_dynamics import QUADRANTS, predicted_entropy_change, quadrant_masks
 
 __all__ = ["QUADRANTS", "batches_done", "field", "position_bucket_name", "relative_position_buckets", "step_stats"]
 

@@ -16,8 +16,8 @@ def kind_of(obj: object) -> str | None:
     """'reward', 'scheme', 'callback' or 'data module' for a plug-in picked in the YAML; None otherwise."""
     import lightning as L
 
-    from stare_lit.rewards import Reward
-    from stare_lit.weighting import TokenWeighting
+    from stare_lit.rewards.base import Reward
+    from stare_lit.schemes.base import TokenWeighting
 
     if isinstance(obj, Reward):
         return "reward"

@@ -40,30 +40,31 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from stare_lit import preemption
-from stare_lit.advantages import AdvantageScale, equal_groups, group_advantages
-from stare_lit.checks import check_finite_floats, check_optimizer, finite
-from stare_lit.distributed import all_reduce_sum, is_distributed, masked_mean
-from stare_lit.engine import FastRollout
+from stare_lit.train import preemption
+from stare_lit.ops.advantages import AdvantageScale, equal_groups, group_advantages
+from stare_lit.train.checks import check_finite_floats, check_optimizer, finite
+from stare_lit.ops.distributed import all_reduce_sum, is_distributed, masked_mean
+from stare_lit.rollout.fast import FastRollout
 from stare_lit.errors import ConfigError, NonFiniteError, check
-from stare_lit.logprobs import model_logprobs_and_entropy
-from stare_lit.lora import reference_model
-from stare_lit.loss import Aggregation, policy_loss
-from stare_lit.metrics import StepKeys, sample_accuracy
-from stare_lit.policy import Policy
-from stare_lit.rewards import Reward
-from stare_lit.rng import TRAIN, VALIDATION, rng_states, seeded, set_rng_states, stream_seed
-from stare_lit.rollout import Rollout, RolloutEngine, Sampling, format_prompts
-from stare_lit.rows import check_prompts
-from stare_lit.update_rows import inert_rows, length_sorted_chunks, merge_rows, pad_columns, row_inputs
-from stare_lit.scoring import RewardRunner, ScoredBatch, Scoring, none_fraction
-from stare_lit.strategy import refuse_fsdp1
-from stare_lit.weighting import GRPO, TokenBatch, TokenWeighting
+from stare_lit.ops.logprobs import model_logprobs_and_entropy
+from stare_lit.train.lora import reference_model
+from stare_lit.ops.loss import Aggregation, policy_loss
+from stare_lit.train.step_log import StepKeys
+from stare_lit.ops.metrics import sample_accuracy
+from stare_lit.train.policy import Policy
+from stare_lit.rewards.base import Reward
+from stare_lit.rollout.streams import TRAIN, VALIDATION, rng_states, seeded, set_rng_states, stream_seed
+from stare_lit.rollout.base import Rollout, RolloutEngine, Sampling, format_prompts
+from stare_lit.data.rows import check_prompts
+from stare_lit.train.update_rows import inert_rows, length_sorted_chunks, merge_rows, pad_columns, row_inputs
+from stare_lit.rewards.runner import RewardRunner, ScoredBatch, Scoring, none_fraction
+from stare_lit.train.strategy import refuse_fsdp1
+from stare_lit.schemes.base import GRPO, TokenBatch, TokenWeighting
 
 
 @dataclass
 class LossSettings:
-    """The clipped surrogate (see stare_lit.loss.policy_loss).
+    """The clipped surrogate (see stare_lit.ops.policy_loss).
 
     Args:
         clip_low: ε_low of the ratio clip.
@@ -117,11 +118,11 @@ class GRPOModule(L.LightningModule):
         reward_weights: one weight per reward (default: all 1).
         scoring: how the rewards run: what a reward error does (fail fast, or score None) and a
             time limit per completion (rewards then run in a worker process); see
-            stare_lit.scoring.Scoring.
-        scheme: token-weighting scheme (default GRPO, ω ≡ 1); e.g. stare_lit.weighting.STARE.
+            stare_lit.rewards.runner.Scoring.
+        scheme: token-weighting scheme (default GRPO, ω ≡ 1); e.g. stare_lit.schemes.stare.STARE.
         group_size: G, completions sampled per prompt (>= 2).
         sampling: how completions are sampled.
-        rollout: the engine that samples them (default stare_lit.engine.FastRollout; the reference
+        rollout: the engine that samples them (default stare_lit.rollout.FastRollout; the reference
             engine, Hugging Face generate: stare_lit.rollout.HFGenerate).
         loss: the clipped surrogate's settings.
         advantage_scale: "group" (GRPO), "none" (Dr. GRPO) or "batch" std scaling.
@@ -243,7 +244,7 @@ class GRPOModule(L.LightningModule):
         self.nonfinite_steps = 0  # skipped for non-finite numbers, in all
         self.nonfinite_in_a_row = 0
         self._rng_to_restore: dict | None = None  # global RNG states from a checkpoint, set at the next batch
-        self.step_keys = StepKeys()  # NaN for a metric a step does not log (stare_lit.metrics)
+        self.step_keys = StepKeys()  # NaN for a metric a step does not log (stare_lit.train.step_log)
 
     # ---------------------------------------------------------------- model
     def configure_model(self) -> None:
@@ -295,7 +296,7 @@ class GRPOModule(L.LightningModule):
             self._ref_model[0].to(self.device)
 
     def on_train_start(self) -> None:
-        preemption.watch(self.trainer)  # after Lightning installed its signal handlers (stare_lit.preemption)
+        preemption.watch(self.trainer)  # after Lightning installed its signal handlers (stare_lit.train.preemption)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # The step is complete: where a scheduled checkpoint is saved, a signal's last.ckpt is too.
@@ -310,7 +311,7 @@ class GRPOModule(L.LightningModule):
         return self._rollout_seed
 
     def rollout(self, prompts: list[str], group_size: int, greedy: bool = False, seed: int | None = None) -> Rollout:
-        """Sample ``group_size`` completions per prompt; from the stream ``seed`` if given (see stare_lit.rng)."""
+        """Sample ``group_size`` completions per prompt; from the stream ``seed`` if given (see stare_lit.rollout.streams)."""
         check_prompts(prompts)
         texts = format_prompts(self.tokenizer, prompts, self.chat_template, self.system_prompt)
         if seed is None:
@@ -677,7 +678,7 @@ class GRPOModule(L.LightningModule):
                     self.val_metrics[key.replace("@", "_at_")].update(value)
 
     def on_validation_epoch_end(self) -> None:
-        """val/mean@k, val/pass@j (unbiased, j = 1, 2, 4, ..., k; stare_lit.metrics) and
+        """val/mean@k, val/pass@j (unbiased, j = 1, 2, 4, ..., k; stare_lit.ops.metrics) and
         val/distinct_correct (distinct correct completions per prompt), means over the held-out prompts."""
         k = self.val_samples
         for name, metric in self.val_metrics.items():
@@ -687,7 +688,7 @@ class GRPOModule(L.LightningModule):
 
     # ---------------------------------------------------------------- checkpoints
     # Lightning saves the model, optimizer, LR scheduler, loop progress, the training loader's position
-    # (stare_lit.loader.PromptLoader) and the callbacks' states; the module adds what only it knows.
+    # (stare_lit.data.PromptLoader) and the callbacks' states; the module adds what only it knows.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["weighting_scheme"] = self.scheme.state_dict()
         checkpoint["run_state"] = {"rollout_seed": self.rollout_seed, "rollouts": self.rollouts,

@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
-from stare_lit.policy import Policy
-from stare_lit.tasks.arithmetic import char_tokenizer
+from stare_lit.train.policy import Policy
+from stare_lit.data.tasks.arithmetic import char_tokenizer
 
 
 def tiny_config(vocab_size: int = 16) -> LlamaConfig:

@@ -30,14 +30,15 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-import stare_lit.rollout as rollout_lib  # noqa: E402
-from stare_lit.data import collate_prompts  # noqa: E402
-from stare_lit.distributed import all_reduce_sum  # noqa: E402
+import stare_lit.rollout.hf as rollout_lib  # noqa: E402
+from stare_lit.data.datamodule import collate_prompts  # noqa: E402
+from stare_lit.ops.distributed import all_reduce_sum  # noqa: E402
 from stare_lit.module import GRPOModule, LossSettings  # noqa: E402
-from stare_lit.policy import Policy  # noqa: E402
-from stare_lit.rewards import Reward  # noqa: E402
-from stare_lit.rollout import Rollout, Sampling  # noqa: E402
-from stare_lit.strategy import AtomicModelParallelStrategy  # noqa: E402
+from stare_lit.train.policy import Policy  # noqa: E402
+from stare_lit.rewards.base import Reward  # noqa: E402
+from stare_lit.rollout.base import Rollout
+from stare_lit.rollout.base import Sampling  # noqa: E402
+from stare_lit.train.strategy import AtomicModelParallelStrategy  # noqa: E402
 
 PROMPTS = [f"{a}+{b}=" for a, b in [(123, 456), (234, 567), (345, 678), (456, 789),
                                     (567, 891), (678, 912), (789, 123), (891, 234),

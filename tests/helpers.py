@@ -2,7 +2,7 @@
 
 from lightning.pytorch import LightningDataModule
 
-from stare_lit.rewards import Reward
+from stare_lit.rewards.base import Reward
 
 
 class RaisingReward(Reward):
@@ -109,7 +109,7 @@ class RowsDataModule(LightningDataModule):
         self.rows, self.batch_size = rows, batch_size
 
     def val_dataloader(self):
-        from stare_lit.data import val_loader
+        from stare_lit.data.datamodule import val_loader
 
         return val_loader(self.rows, self.batch_size)
 
@@ -122,7 +122,7 @@ class DigitShare(Reward):
 
 
 
-from stare_lit.weighting import GRPO  # noqa: E402 - torch only, no Lightning
+from stare_lit.schemes.base import GRPO  # noqa: E402 - torch only, no Lightning
 
 
 class RaisingScheme(GRPO):

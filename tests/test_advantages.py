@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from stare_lit.advantages import equal_groups, group_advantages
+from stare_lit.ops.advantages import equal_groups, group_advantages
 from stare_lit.errors import ConfigError
 
 

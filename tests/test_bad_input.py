@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stare_lit.cli import main
+from stare_lit.commands.cli import main
 from tests.test_cli import fit_args
 
 DATA = ["--data", "stare_lit.data.PromptDataModule", "--data.init_args.batch_size", "2"]
@@ -25,10 +25,10 @@ CASES = [
     ("wrong type", ["--model.group_size", "eight"], '"model.group_size"'),
     ("missing config file", ["--config", "{folder}/no_such.yaml"], "no_such.yaml"),
     ("G < 2", ["--model.group_size", "1"], "model.group_size must be >= 2"),
-    ("micro-batch splits groups", ["--model.scheme", "stare_lit.erpo.ERPO", "--model.micro_batch_size", "3"],
+    ("micro-batch splits groups", ["--model.scheme", "stare_lit.schemes.ERPO", "--model.micro_batch_size", "3"],
      "model.micro_batch_size must be a multiple of model.group_size"),
     ("reward weights do not match rewards", ["--model.reward_weights", "[1.0, 2.0]"], "model.reward_weights"),
-    ("unknown scheme", ["--model.scheme", "stare_lit.weighting.NoSuchScheme"], "NoSuchScheme"),
+    ("unknown scheme", ["--model.scheme", "stare_lit.schemes.NoSuchScheme"], "NoSuchScheme"),
     ("STARE top_ratio > 1", ["--model.scheme.init_args.top_ratio", "1.5"], "top_ratio"),
     ("STARE w = 0", ["--model.scheme.init_args.w", "0"], "model.scheme.init_args.w"),
     ("STARE m < 0", ["--model.scheme.init_args.m", "-1"], "model.scheme.init_args.m"),
@@ -80,8 +80,8 @@ CASES = [
     ("unknown attention implementation", ["--model.policy.attn_implementation", "fast"],
      "model.policy.attn_implementation"),
     ("infinite STARE target entropy", ["--model.scheme.init_args.target_entropy", "inf"],
-     '"target_entropy"'),  # jsonargparse takes no inf or nan for a float; stare_lit.checks does for Python callers
-    ("ERPO with no buckets", ["--model.scheme", "stare_lit.erpo.ERPO", "--model.scheme.init_args.num_buckets", "0"],
+     '"target_entropy"'),  # jsonargparse takes no inf or nan for a float; stare_lit.train.checks does for Python callers
+    ("ERPO with no buckets", ["--model.scheme", "stare_lit.schemes.ERPO", "--model.scheme.init_args.num_buckets", "0"],
      "model.scheme.init_args.num_buckets"),
     ("clip_low 1", ["--model.loss.clip_low", "1"], "model.loss"),
     ("negative KL beta", ["--model.loss.beta", "-1"], "model.loss.beta"),
@@ -90,7 +90,7 @@ CASES = [
     ("val_batch_size 0", ["--data.init_args.val_batch_size", "0"], "val_batch_size"),
     ("validation uses up every problem", ["--data.init_args.min_digits", "1", "--data.init_args.max_digits", "1",
                                           "--data.init_args.num_val_prompts", "81"], "num_val_prompts"),
-    # data rows that cannot be generated from (stare_lit.rows: dropped, or refused when nothing can train)
+    # data rows that cannot be generated from (stare_lit.data.rows: dropped, or refused when nothing can train)
     ("every prompt empty", [*DATA, "--data.init_args.path", "{folder}/empty_prompts.jsonl"],
      "have an empty or non-text prompt"),
     ("prompts all null", [*DATA, "--data.init_args.path", "{folder}/null_prompts.jsonl"], "not text"),

@@ -1,6 +1,6 @@
 """The entropy attribution: the first-order prediction against finite differences, its world reduction, the monitor.
 
-- ``stare_lit.entropy_dynamics``: on a small softmax, a gradient step on the sampled token's logit
+- ``stare_lit.ops.entropy_dynamics``: on a small softmax, a gradient step on the sampled token's logit
   z_a += eta * A * w changes H by eta * A * w * pi(a) * (s - H) to first order (exactly the derivative),
   in all four quadrants; the full softmax gradient adds the position-wide baseline term of methods.md.
 - ``callbacks.stats.step_stats``: token-weighted over ranks (two simulated ranks = the pooled batch),
@@ -20,7 +20,12 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 import callbacks.stats as stats_module
 from callbacks import EntropyMonitor
 from callbacks.stats import relative_position_buckets, step_stats
-from stare_lit.entropy_dynamics import QUADRANTS, predicted_entropy_change, quadrant_masks, softmax_entropy_gradient
+from stare_lit.ops.entropy_dynamics import (
+    QUADRANTS,
+    predicted_entropy_change,
+    quadrant_masks,
+    softmax_entropy_gradient,
+)
 from tests.test_callbacks import fit, hand_outputs, scripted_outputs
 
 # --------------------------------------------------------------------------------------------

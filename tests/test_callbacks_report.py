@@ -16,9 +16,9 @@ from callbacks import EntropyCollapseAlert, EntropyMonitor, EntropyReport
 from callbacks.report import moving_average
 from stare_lit.errors import ConfigError
 from stare_lit.module import GRPOModule
-from stare_lit.rollout import Sampling
-from stare_lit.tasks.arithmetic import ArithmeticDataModule, ArithmeticReward
-from stare_lit.weighting import STARE
+from stare_lit.rollout.base import Sampling
+from stare_lit.data.tasks.arithmetic import ArithmeticDataModule, ArithmeticReward
+from stare_lit.schemes.stare import STARE
 from tests.test_callbacks import fit
 from tests.test_callbacks_forecast import SHORT, SHORT_SETTINGS, trace_outputs
 

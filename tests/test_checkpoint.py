@@ -13,8 +13,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-import stare_lit.checkpoint as checkpoint_file
-from stare_lit.checkpoint import AtomicCheckpointIO
+import stare_lit.train.checkpoint as checkpoint_file
+from stare_lit.train.checkpoint import AtomicCheckpointIO
 from stare_lit.errors import ConfigError
 
 ROOT = Path(__file__).parents[1]
@@ -52,7 +52,7 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
 CRASH = """
 import os, signal, sys, torch
 sys.path.insert(0, {root!r})
-import stare_lit.checkpoint as c
+import stare_lit.train.checkpoint as c
 real_save = torch.save
 def save_and_die(obj, f):  # the process is killed halfway through writing the file
     import io as _io
@@ -80,7 +80,7 @@ def test_a_process_killed_mid_save_leaves_the_previous_checkpoint(tmp_path):
 def test_last_ckpt_survives_a_failing_save_during_training(tiny_policy, tmp_path, monkeypatch):
     """Through the Trainer: the save at step 2 fails, last.ckpt is still step 1's, complete."""
     from tests.test_module import make_module
-    from stare_lit.tasks.arithmetic import ArithmeticDataModule
+    from stare_lit.data.tasks.arithmetic import ArithmeticDataModule
 
     io = AtomicCheckpointIO()
     real_save, calls = torch.save, []
@@ -126,7 +126,7 @@ def test_weights_only_refuses_pickled_code(tmp_path):
 def test_sharded_checkpoint_swap_keeps_the_previous_one_until_the_new_one_is_whole(tmp_path):
     """AtomicModelParallelStrategy's last step, without processes: a save that died left a half-written
     `.NAME.tmp` (the previous checkpoint is untouched); the next save replaces it and swaps in whole."""
-    from stare_lit.strategy import _remove, swap_in
+    from stare_lit.train.strategy import _remove, swap_in
 
     path = tmp_path / "last.ckpt"
     path.mkdir()

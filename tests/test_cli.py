@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from stare_lit.cli import main
+from stare_lit.commands.cli import main
 
 ROOT = Path(__file__).parents[1]
 STARE_CONFIG = str(ROOT / "configs" / "arithmetic_stare.yaml")
@@ -39,17 +39,17 @@ def test_cli_prints_where_results_are(tiny_model_dir, tmp_path, capsys):
 
 def test_print_config_and_help_run_as_a_program(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "stare_lit.cli", "fit", "--config", STARE_CONFIG, "--print_config"],
+    done = subprocess.run([sys.executable, "-m", "stare_lit.commands.cli", "fit", "--config", STARE_CONFIG, "--print_config"],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "class_path: stare_lit.weighting.STARE" in done.stdout and "target_entropy" in done.stdout
-    done = subprocess.run([sys.executable, "-m", "stare_lit.cli", "warmstart", "--help"], capture_output=True,
+    assert "class_path: stare_lit.schemes.STARE" in done.stdout and "target_entropy" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "stare_lit.commands.cli", "warmstart", "--help"], capture_output=True,
                           text=True, env=env, cwd=tmp_path, timeout=120)
     assert done.returncode == 0 and "target_accuracy" in done.stdout
 
 
 def test_help_lists_every_command_with_a_line_each(capsys):
-    from stare_lit.cli import COMMANDS, DESCRIPTION
+    from stare_lit.commands.cli import COMMANDS, DESCRIPTION
 
     main(["--help"])
     out = capsys.readouterr().out
@@ -74,7 +74,7 @@ def test_every_command_has_its_own_help(command, capsys):
 def test_unknown_or_missing_command_gets_one_line(capsys):
     message = run_main(["tset"], capsys)
     assert "unknown command 'tset'" in message and "evaluate" in message
-    import stare_lit.cli as cli
+    import stare_lit.commands.cli as cli
 
     with pytest.raises(SystemExit, match="the nope command is not in this installation"):
         cli.command_function("nope", "stare_lit.no_such_module:run")

@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 
 from stare_lit.errors import ConfigError
-import stare_lit.sandbox as sandbox_module
-from stare_lit.rewards import CodeTestReward
-from stare_lit.sandbox import Sandbox, probe
-from stare_lit.scoring import RewardRunner, RewardWarning, Scoring
+import stare_lit.rewards.sandbox as sandbox_module
+from stare_lit.rewards.code import CodeTestReward
+from stare_lit.rewards.sandbox import Sandbox, probe
+from stare_lit.rewards.runner import RewardRunner, RewardWarning, Scoring
 
 ROOT = Path(__file__).parents[1]
 ISOLATION = probe()
@@ -336,7 +336,7 @@ def test_environment_is_scrubbed_but_allowed_variables_pass(monkeypatch):
 
 def test_no_process_cap_is_refused(monkeypatch):
     """As root without a pids cgroup nothing caps a fork bomb: the sandbox says so instead of running it."""
-    from stare_lit.sandbox import Run
+    from stare_lit.rewards.sandbox import Run
 
     uncapped = Run(records=[{"kind": "isolation", "process_cap": False}], exit_code=71, timed_out=False,
                    overflowed=False, stdout="", stderr="", tampered=False, seconds=0.0)
@@ -357,7 +357,7 @@ def test_sandbox_checks_its_settings():
 
 # ---------------------------------------------------------------------- the built-in code task
 def test_every_built_in_task_is_solved_by_its_solution():
-    from stare_lit.tasks.code import TASKS
+    from stare_lit.data.tasks.code import TASKS
 
     rows = [json.loads(line) for line in TASKS.read_text().splitlines()]
     assert len(rows) >= 30 and all(row["prompt"] and row["tests"] for row in rows)
@@ -373,8 +373,8 @@ def test_code_config_trains_through_the_reward_worker(tmp_path, capsys):
     sandbox in the reward worker (model.scoring.timeout is set); a random model scores ~0."""
     import csv
 
-    from stare_lit.cli import main
-    from stare_lit.tasks.code import TOKENIZER
+    from stare_lit.commands.cli import main
+    from stare_lit.data.tasks.code import TOKENIZER
 
     main(["fit", "--config", str(ROOT / "configs" / "code_grpo.yaml"), "--model.policy.tokenizer", str(TOKENIZER),
           "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),

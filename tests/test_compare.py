@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from stare_lit.compare import summarise_run, window_means
+from stare_lit.commands.compare import summarise_run, window_means
 
 
 def test_window_means_first_middle_last_tenth():
@@ -41,7 +41,7 @@ def test_compare_configs_parse_and_name_existing_files(name):
 
     from jsonargparse import ArgumentParser
 
-    from stare_lit.compare import compare
+    from stare_lit.commands.compare import compare
 
     root = Path(__file__).parents[1]
     parser = ArgumentParser(exit_on_error=False)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from stare_lit.cli import StareLitCLI
+from stare_lit.commands.cli import StareLitCLI
 from stare_lit.module import GRPOModule
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))

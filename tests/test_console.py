@@ -9,10 +9,10 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.utilities import rank_zero_warn
 
-from stare_lit.console import StepProgressBar, quiet_lightning, use_step_progress_bar
+from stare_lit.commands.console import StepProgressBar, quiet_lightning, use_step_progress_bar
 from stare_lit.module import GRPOModule
-from stare_lit.rollout import Sampling
-from stare_lit.tasks.arithmetic import ArithmeticDataModule, ArithmeticReward
+from stare_lit.rollout.base import Sampling
+from stare_lit.data.tasks.arithmetic import ArithmeticDataModule, ArithmeticReward
 
 MANUAL_OPT = ("Using ModelCheckpoint with manual optimization and every_n_train_steps, but no pre-optimization "
               "state was saved.")

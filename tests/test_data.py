@@ -9,8 +9,8 @@ import pytest
 import torch
 from datasets import Dataset
 
-import stare_lit.data as data_mod
-from stare_lit.data import PromptDataModule, collate_prompts
+import stare_lit.data.datamodule as data_mod
+from stare_lit.data.datamodule import PromptDataModule, collate_prompts
 from stare_lit.errors import ConfigError
 
 

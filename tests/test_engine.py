@@ -1,4 +1,4 @@
-"""FastRollout (stare_lit.engine) against the reference engine, Hugging Face generate (HFGenerate).
+"""FastRollout (stare_lit.rollout.fast) against the reference engine, Hugging Face generate (HFGenerate).
 
 Greedy decoding must give identical tokens; sampling must draw from the same distribution (both
 engines' frequencies against hand-computed probabilities, within binomial error); the prompt cut, the module default, the YAML choice and
@@ -13,9 +13,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
 
-from stare_lit.engine import FastRollout
-from stare_lit.rollout import HFGenerate, Sampling
-from stare_lit.tasks.arithmetic import char_tokenizer
+from stare_lit.rollout.fast import FastRollout
+from stare_lit.rollout.hf import HFGenerate
+from stare_lit.rollout.base import Sampling
+from stare_lit.data.tasks.arithmetic import char_tokenizer
 
 PROMPTS = ["12+34=", "1+2=", "999+1=", "7="]  # different lengths: left padding
 
@@ -61,7 +62,7 @@ def test_greedy_tokens_identical(kind, compact_below, tokenizer):
 
 def test_lora_policy_runs_on_the_fast_path_with_its_adapters(tokenizer):
     """A PEFT model (model.policy.lora) is decoded by FastRollout itself, adapters on, as generate decodes it."""
-    from stare_lit.lora import LoRA
+    from stare_lit.train.lora import LoRA
 
     model = LoRA(rank=4).apply(make("llama"))
     for module in model.modules():  # nonzero adapters, so decoding without them would show

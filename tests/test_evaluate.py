@@ -11,8 +11,8 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from stare_lit.errors import ConfigError
-from stare_lit.evaluate import evaluate
-from stare_lit.tasks.arithmetic import char_tokenizer
+from stare_lit.commands.evaluate import evaluate
+from stare_lit.data.tasks.arithmetic import char_tokenizer
 from tests.conftest import tiny_config
 
 N = 4

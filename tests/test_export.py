@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from stare_lit.cli import main
-from stare_lit.export import load_policy_from_checkpoint
+from stare_lit.commands.cli import main
+from stare_lit.commands.export import load_policy_from_checkpoint
 from tests.test_cli import fit_args, run_main
 
 PROMPTS = ["12+34=", "567+89="]

@@ -17,11 +17,11 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 
 import stare_lit.module as module_file
-from stare_lit.checkpoint import AtomicCheckpointIO
+from stare_lit.train.checkpoint import AtomicCheckpointIO
 from stare_lit.errors import NonFiniteError
 from stare_lit.module import GRPOModule
-from stare_lit.rollout import Sampling
-from stare_lit.tasks.arithmetic import ArithmeticDataModule
+from stare_lit.rollout.base import Sampling
+from stare_lit.data.tasks.arithmetic import ArithmeticDataModule
 from tests.test_resume import DigitShare
 
 

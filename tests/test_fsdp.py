@@ -91,7 +91,7 @@ def test_sharded_checkpoint_exports(two_ranks, tiny_model_dir, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from stare_lit.cli import main
+    from stare_lit.commands.cli import main
     from tests.fsdp_script import PROBE_IDS
 
     fit_config = tmp_path / "fit.yaml"  # the script trains without LightningCLI: no config.yaml to find

@@ -7,7 +7,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM
 
-from stare_lit.logprobs import head_logprobs_and_entropy, model_logprobs_and_entropy
+from stare_lit.ops.logprobs import head_logprobs_and_entropy, model_logprobs_and_entropy
 from tests.conftest import tiny_config
 
 

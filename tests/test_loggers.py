@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stare_lit.cli import main
+from stare_lit.commands.cli import main
 from tests.test_cli import ROOT
 
 TENSORBOARD = str(ROOT / "configs" / "loggers" / "tensorboard.yaml")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from stare_lit.logprobs import token_logprobs_and_entropy
+from stare_lit.ops.logprobs import token_logprobs_and_entropy
 
 LN2, LN7 = math.log(2.0), math.log(7.0)
 

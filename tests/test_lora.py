@@ -9,11 +9,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from stare_lit.errors import ConfigError
-from stare_lit.lora import LoRA
+from stare_lit.train.lora import LoRA
 from stare_lit.module import GRPOModule, LossSettings
-from stare_lit.policy import Policy
-from stare_lit.rollout import Sampling
-from stare_lit.tasks.arithmetic import ArithmeticDataModule
+from stare_lit.train.policy import Policy
+from stare_lit.rollout.base import Sampling
+from stare_lit.data.tasks.arithmetic import ArithmeticDataModule
 from tests.test_resume import DigitShare
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from stare_lit.loss import aggregate, policy_loss
+from stare_lit.ops.loss import aggregate, policy_loss
 
 AGGS = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 

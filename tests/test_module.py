@@ -12,9 +12,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from stare_lit.module import GRPOModule, LossSettings
-from stare_lit.rollout import Sampling
-from stare_lit.tasks.arithmetic import ArithmeticDataModule, ArithmeticReward
-from stare_lit.weighting import STARE
+from stare_lit.rollout.base import Sampling
+from stare_lit.data.tasks.arithmetic import ArithmeticDataModule, ArithmeticReward
+from stare_lit.schemes.stare import STARE
 
 
 def make_module(policy, **kwargs) -> GRPOModule:

@@ -4,7 +4,7 @@ r = min(−(|y| − (L_max − L_c))/L_c, 0)."""
 import pytest
 
 from stare_lit.errors import ConfigError
-from stare_lit.rewards import OverlongPenalty
+from stare_lit.rewards.base import OverlongPenalty
 
 
 def score(reward, lengths):

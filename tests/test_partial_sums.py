@@ -12,12 +12,19 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from stare_lit.cli import StareLitCLI
+from stare_lit.commands.cli import StareLitCLI
 from stare_lit.errors import ConfigError
 from stare_lit.module import GRPOModule
-from stare_lit.tasks.partial_sums import (PartialSumsDataModule, PartialSumsReward, all_solutions, char_tokenizer,
-                                          is_valid, numbers_of, written_sum)
-from stare_lit.warmstart import partial_sums_task
+from stare_lit.data.tasks.partial_sums import (
+    PartialSumsDataModule,
+    PartialSumsReward,
+    all_solutions,
+    char_tokenizer,
+    is_valid,
+    numbers_of,
+    written_sum,
+)
+from stare_lit.commands.warmstart import partial_sums_task
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).parents[1]

@@ -1,10 +1,10 @@
-"""Unbiased pass@k (stare_lit.metrics.pass_at_k) against hand-computed values."""
+"""Unbiased pass@k (stare_lit.ops.pass_at_k) against hand-computed values."""
 
 from math import comb
 
 import pytest
 
-from stare_lit.metrics import pass_at_k, pass_at_k_levels
+from stare_lit.ops.metrics import pass_at_k, pass_at_k_levels
 
 
 @pytest.mark.parametrize("n,c,k,expected", [
@@ -41,7 +41,7 @@ def test_levels():
 
 
 def test_sample_accuracy_by_hand():
-    from stare_lit.metrics import sample_accuracy
+    from stare_lit.ops.metrics import sample_accuracy
 
     correct = [[True, False, True, True], [False, False, False, True]]
     texts = [["a", "b", "a", "c"], ["x", "y", "z", "w"]]

@@ -1,5 +1,5 @@
 """Preemption: a real signal sent to a ``stare-lit fit`` process mid-step saves ``last.ckpt`` and exits 128 + n;
-resuming from it logs exactly (==) what the uninterrupted run logs (see stare_lit.preemption).
+resuming from it logs exactly (==) what the uninterrupted run logs (see stare_lit.train.preemption).
 
 The signal is sent from outside the process while it waits inside step k (tests.user_callbacks.WaitForSignal),
 so it arrives mid-step at a known step: at an epoch boundary (the last batch of epoch 1) and mid-epoch.
@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from stare_lit.cli import main
+from stare_lit.commands.cli import main
 from tests.test_cli import ROOT, STARE_CONFIG
 
 STEPS = 6  # 3 batches per epoch: two epochs
@@ -61,7 +61,7 @@ def interrupt(model: str, folder: Path, step: int, signum: int) -> subprocess.Co
     """Run ``stare-lit fit`` in a subprocess and send it ``signum`` while it is inside step ``step``."""
     marker = folder / "in-step"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "stare_lit.cli", *args(model, folder, waiter(folder, step))],
+    process = subprocess.Popen([sys.executable, "-m", "stare_lit.commands.cli", *args(model, folder, waiter(folder, step))],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=folder)
     deadline = time.monotonic() + 300
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -143,9 +143,9 @@ def test_two_ranks_agree_and_both_take_part_in_the_sharded_save(tiny_model_dir, 
     marker = tmp_path / "in-step"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
     env.pop("MASTER_PORT", None)
-    command = [sys.executable, "-m", "stare_lit.cli", *args(tiny_model_dir, tmp_path, waiter(tmp_path, 2, rank=0)),
+    command = [sys.executable, "-m", "stare_lit.commands.cli", *args(tiny_model_dir, tmp_path, waiter(tmp_path, 2, rank=0)),
                "--trainer.max_steps", "4", "--trainer.devices", "2", "--trainer.strategy",
-               "stare_lit.strategy.AtomicModelParallelStrategy", "--trainer.strategy.init_args.data_parallel_size", "2",
+               "stare_lit.train.AtomicModelParallelStrategy", "--trainer.strategy.init_args.data_parallel_size", "2",
                "--trainer.strategy.init_args.tensor_parallel_size", "1",
                "--trainer.strategy.init_args.process_group_backend", "gloo",
                "--data.init_args.batch_size", "2", "--data.init_args.num_val_prompts", "4"]

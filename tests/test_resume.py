@@ -18,14 +18,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from callbacks import EntropyCollapseAlert, EntropyMonitor, EntropyReport
-from stare_lit.checkpoint import AtomicCheckpointIO
-from stare_lit.lora import LoRA
+from stare_lit.train.checkpoint import AtomicCheckpointIO
+from stare_lit.train.lora import LoRA
 from stare_lit.module import GRPOModule, LossSettings
-from stare_lit.policy import Policy
-from stare_lit.rewards import Reward
-from stare_lit.rollout import Sampling
-from stare_lit.tasks.arithmetic import ArithmeticDataModule
-from stare_lit.weighting import STARE
+from stare_lit.train.policy import Policy
+from stare_lit.rewards.base import Reward
+from stare_lit.rollout.base import Sampling
+from stare_lit.data.tasks.arithmetic import ArithmeticDataModule
+from stare_lit.schemes.stare import STARE
 
 STEPS = 6  # 3 batches per epoch: two epochs
 ACCELERATORS = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
@@ -124,7 +124,7 @@ def assert_resume_is_exact(policy, accelerator, full, stop_at: int, tmp_path, lo
 def test_rollouts_do_not_depend_on_what_ran_before(tiny_policy):
     """The sampling stream of rollout n is a function of (seed, n, rank): draws on the global RNG in
     between (a callback, validation, a resume) change nothing."""
-    from stare_lit.rng import TRAIN, stream_seed
+    from stare_lit.rollout.streams import TRAIN, stream_seed
 
     module = GRPOModule(policy=tiny_policy, rewards=[DigitShare()], group_size=4, sampling=Sampling(max_new_tokens=8))
     module.configure_model()

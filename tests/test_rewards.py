@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from stare_lit.errors import ConfigError
-from stare_lit.rewards import ExactMatchReward, FormatReward, MathAnswerReward, Reward
-from stare_lit.scoring import RewardError, none_fraction, score_completions
+from stare_lit.rewards.base import ExactMatchReward, FormatReward, MathAnswerReward, Reward
+from stare_lit.rewards.runner import RewardError, none_fraction, score_completions
 
 
 class Fixed(Reward):
@@ -63,7 +63,7 @@ def test_math_answer_no_answer_scores_zero_and_bad_gold_is_none():
 
 
 def test_math_answer_pathological_completion_is_wrong_not_a_crash(monkeypatch):
-    import stare_lit.rewards as rewards
+    import stare_lit.rewards.base as rewards
 
     real_parse = rewards.parse
 

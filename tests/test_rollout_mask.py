@@ -2,7 +2,7 @@
 
 import torch
 
-from stare_lit.rollout import completion_mask
+from stare_lit.rollout.base import completion_mask
 
 EOS, PAD = 2, 0
 

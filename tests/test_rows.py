@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from stare_lit.data import PromptDataModule, train_loader, val_loader
+from stare_lit.data.datamodule import PromptDataModule, train_loader, val_loader
 from stare_lit.errors import ConfigError
 from stare_lit.module import GRPOModule
-from stare_lit.rows import DroppedRowsWarning, usable_rows
-from stare_lit.tasks.arithmetic import ArithmeticReward
+from stare_lit.data.rows import DroppedRowsWarning, usable_rows
+from stare_lit.data.tasks.arithmetic import ArithmeticReward
 
 
 def test_prompt_data_module_drops_empty_and_null_prompts_with_one_warning(tmp_path):
@@ -62,7 +62,7 @@ def test_python_callers_get_the_same_checks(tiny_policy):
     """Settings the CLI's parser cannot produce (inf, a lambda optimizer) are still checked."""
     import torch
 
-    from stare_lit.weighting import STARE
+    from stare_lit.schemes.stare import STARE
 
     with pytest.raises(ConfigError, match=r"model.scheme.init_args.target_entropy must be a finite number"):
         GRPOModule(policy=tiny_policy, rewards=[ArithmeticReward()], scheme=STARE(target_entropy=float("inf")))

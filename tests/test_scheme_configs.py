@@ -9,7 +9,7 @@ import lightning as L
 import pandas as pd
 import pytest
 
-from stare_lit.cli import StareLitCLI
+from stare_lit.commands.cli import StareLitCLI
 from stare_lit.module import GRPOModule
 
 ROOT = Path(__file__).parents[1]

@@ -11,12 +11,26 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from stare_lit.baselines import ClipCov, EntropyAdvantage, EntropyBonus, HighEntropyTokens, KLCov, token_covariance
-from stare_lit.erpo import (ERPO, erpo_bucket_normalise, erpo_entropy_gate, erpo_token_advantages,
-                            relative_buckets)
+from stare_lit.schemes.baselines import (
+    ClipCov,
+    EntropyAdvantage,
+    EntropyBonus,
+    HighEntropyTokens,
+    KLCov,
+    token_covariance,
+)
+from stare_lit.schemes.erpo import (
+    ERPO,
+    erpo_bucket_normalise,
+    erpo_entropy_gate,
+    erpo_token_advantages,
+    relative_buckets,
+)
 from stare_lit.errors import ConfigError
-from stare_lit.loss import policy_loss
-from stare_lit.weighting import GRPO, STARE, STEER, Compose, TokenBatch, TokenWeighting, steer_omega, steer_token_weights
+from stare_lit.ops.loss import policy_loss
+from stare_lit.schemes.base import GRPO, Compose, TokenBatch, TokenWeighting
+from stare_lit.schemes.stare import STARE
+from stare_lit.schemes.steer import STEER, steer_omega, steer_token_weights
 
 LN2 = math.log(2.0)
 

@@ -7,13 +7,15 @@ from dataclasses import replace
 import pytest
 import torch
 
-from stare_lit.advantages import group_advantages
-from stare_lit.baselines import EntropyAdvantage, EntropyBonus, HighEntropyTokens, KLCov
+from stare_lit.ops.advantages import group_advantages
+from stare_lit.schemes.baselines import EntropyAdvantage, EntropyBonus, HighEntropyTokens, KLCov
 from stare_lit.module import GRPOModule
-from stare_lit.rollout import Sampling
-from stare_lit.update_rows import inert_rows, length_sorted_chunks, merge_rows, row_inputs
-from stare_lit.tasks.arithmetic import ArithmeticReward
-from stare_lit.weighting import GRPO, STARE, STEER, Compose
+from stare_lit.rollout.base import Sampling
+from stare_lit.train.update_rows import inert_rows, length_sorted_chunks, merge_rows, row_inputs
+from stare_lit.data.tasks.arithmetic import ArithmeticReward
+from stare_lit.schemes.base import GRPO, Compose
+from stare_lit.schemes.stare import STARE
+from stare_lit.schemes.steer import STEER
 
 G = 4
 # 4 prompts × G: group 1 flat (Â = 0), row 13 unscorable, the rest mixed
@@ -132,7 +134,7 @@ def test_inert_rows_and_row_helpers():
 
 
 def test_row_inputs_cut_shared_padding():
-    from stare_lit.rollout import Rollout
+    from stare_lit.rollout.base import Rollout
 
     # P = 3, T = 3: row 0 has a 1-token prompt and 1-token completion, row 1 a 2-token prompt and 2 tokens
     ids = torch.tensor([[0, 0, 5, 6, 0, 0], [0, 7, 8, 9, 4, 0]])

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from stare_lit.errors import ConfigError
-from stare_lit.weighting import STARE
+from stare_lit.schemes.stare import STARE
 
 
 def test_relative_target_is_a_fraction_of_the_first_steps_mean_and_the_gate_waits_for_it():

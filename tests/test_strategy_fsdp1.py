@@ -6,19 +6,19 @@ import pytest
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
 from stare_lit.errors import ConfigError
-from stare_lit.strategy import AtomicModelParallelStrategy, refuse_fsdp1
+from stare_lit.train.strategy import AtomicModelParallelStrategy, refuse_fsdp1
 from tests.test_cli import fit_args, run_main
 
 
 @pytest.mark.parametrize("strategy", ["fsdp", "FSDP_cpu_offload", {"class_path": "lightning.pytorch.strategies.FSDPStrategy"},
                                       FSDPStrategy()])
 def test_fsdp1_is_refused_naming_the_fsdp2_strategy(strategy):
-    with pytest.raises(ConfigError, match=r"stare_lit\.strategy\.AtomicModelParallelStrategy") as err:
+    with pytest.raises(ConfigError, match=r"stare_lit\.train\.AtomicModelParallelStrategy") as err:
         refuse_fsdp1(strategy)
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("strategy", ["auto", "ddp", None, {"class_path": "stare_lit.strategy.AtomicModelParallelStrategy"},
+@pytest.mark.parametrize("strategy", ["auto", "ddp", None, {"class_path": "stare_lit.train.AtomicModelParallelStrategy"},
                                       AtomicModelParallelStrategy(), ModelParallelStrategy()])
 def test_other_strategies_pass(strategy):
     refuse_fsdp1(strategy)
@@ -27,5 +27,5 @@ def test_other_strategies_pass(strategy):
 def test_cli_refuses_fsdp_before_anything_runs(tiny_model_dir, tmp_path, capsys):
     out = run_main(fit_args(tiny_model_dir, tmp_path, "--trainer.strategy", "fsdp"), capsys)
     line = out.strip().splitlines()
-    assert len(line) == 1 and "stare_lit.strategy.AtomicModelParallelStrategy" in line[0], out
+    assert len(line) == 1 and "stare_lit.train.AtomicModelParallelStrategy" in line[0], out
     assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("metrics.csv"))

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from stare_lit.data import PromptDataModule
-from stare_lit.policy import Policy
-from stare_lit.rewards import ExactMatchReward, MathAnswerReward
-from stare_lit.tasks.arithmetic import ArithmeticReward
+from stare_lit.data.datamodule import PromptDataModule
+from stare_lit.train.policy import Policy
+from stare_lit.rewards.base import ExactMatchReward, MathAnswerReward
+from stare_lit.data.tasks.arithmetic import ArithmeticReward
 
 
 def test_trust_remote_code_is_off_unless_set(tiny_model_dir, monkeypatch):
-    import stare_lit.policy as policy_file
+    import stare_lit.train.policy as policy_file
 
     seen = []
     for loader in (policy_file.AutoTokenizer, policy_file.AutoModelForCausalLM):

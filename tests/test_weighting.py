@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from stare_lit.errors import ConfigError
-from stare_lit.weighting import GRPO, STARE, TokenBatch, stare_selection, stare_token_weights
+from stare_lit.schemes.base import GRPO, TokenBatch
+from stare_lit.schemes.stare import STARE, stare_selection, stare_token_weights
 
 
 def _case():

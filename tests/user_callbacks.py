@@ -16,7 +16,7 @@ class WaitForSignal(Callback):
         import time
         from pathlib import Path
 
-        from stare_lit import preemption
+        from stare_lit.train import preemption
 
         if trainer.global_step != self.step - 1 or self.rank not in (None, trainer.global_rank):
             return  # with ``rank``, only that rank waits (the others go on, into the step's collectives)

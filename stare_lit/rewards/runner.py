@@ -1,0 +1,669 @@
+"""Scoring: run the rewards (stare_lit.rewards) on a batch, then combine them into one reward per completion.
+
+Design choices:
+
+- ``score_completions`` sums the weighted rewards that are not ``None``; a completion that no
+  reward can judge gets NaN, so the caller can leave it out of the advantages and count it.
+- A reward that raises, or returns something that is not one number (or ``None``) per completion,
+  stops training with a ``RewardError`` naming the reward, the first bad completion and its prompt,
+  rather than training on a silently wrong signal. ``model.scoring.on_error: none`` instead scores
+  such completions as ``None`` and counts them.
+- ``model.scoring.timeout`` runs the rewards in a worker process, one completion at a time, so a
+  verifier that hangs (math-verify can, on pathological input, in C where no thread can stop it)
+  is killed and that completion scored ``model.scoring.timeout_score``; the worker is restarted.
+
+``RewardRunner`` does all of this for the LightningModule; ``score_completions`` is its one-call
+form::
+
+    model:
+      scoring:
+        on_error: fail      # or none
+        timeout: 10         # seconds per completion; null runs the rewards in-process
+        timeout_score: 0.0  # what a timed-out completion scores; null leaves it unscored
+"""
+
+import atexit
+import math
+import multiprocessing
+import numbers
+import os
+import pickle
+import signal
+import traceback
+import warnings
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any, Literal, Optional
+
+import torch
+
+from stare_lit import blame
+from stare_lit.errors import ConfigError, StareLitError, check
+from stare_lit.rewards.base import Reward
+
+
+class RewardError(StareLitError, RuntimeError):
+    """A reward raised, or returned something other than one number (or ``None``) per completion.
+
+    A ``StareLitError``, so ``stare-lit`` prints its message (which names the completion, its prompt
+    and the fix) as one line.
+    """
+
+
+class RewardWarning(UserWarning):
+    """Some completions could not be scored (``on_error: none``) or timed out; training goes on."""
+
+
+@dataclass
+class Scoring:
+    """How rewards are run: what a reward error does, and a time limit per completion.
+
+    Args:
+        on_error: What a reward that raises on a completion, returns a value that is not a finite
+            number (or ``None``), or returns the wrong number of values does: ``fail`` stops
+            training with a ``RewardError`` naming the completion and its prompt (fail fast);
+            ``none`` scores the affected completions as ``None`` (unscorable), counts them and warns.
+        timeout: Seconds a reward may take per completion, or ``None`` for no limit. When set, the
+            rewards run in a worker process, one completion at a time, so that one that hangs (even
+            inside C code) can be killed: it scores ``timeout_score`` and the worker restarts
+            (seconds: it imports torch again). ``None`` runs them in-process, on the whole batch.
+        timeout_score: What a timed-out completion scores: 0.0 treats it as a wrong answer (as
+            verl and open-r1 do for math-verify time-outs); ``None`` leaves it unscored.
+    """
+
+    on_error: Literal["fail", "none"] = "fail"
+    timeout: Optional[float] = None
+    timeout_score: Optional[float] = 0.0
+
+    def __post_init__(self) -> None:
+        check(
+            self.on_error in ("fail", "none"),
+            f"model.scoring.on_error={self.on_error!r}; use fail (stop on a reward error) or none"
+            " (score such completions as None).",
+        )
+        check(
+            self.timeout is None or (_is_number(self.timeout) and math.isfinite(self.timeout) and self.timeout > 0),
+            f"model.scoring.timeout={self.timeout!r}; use a number of seconds > 0, or null to run rewards"
+            " in-process without a time limit.",
+        )
+        check(
+            self.timeout_score is None or (_is_number(self.timeout_score) and math.isfinite(self.timeout_score)),
+            f"model.scoring.timeout_score={self.timeout_score!r}; use a finite number (0.0 scores a time-out"
+            " as a wrong answer), or null to leave timed-out completions unscored.",
+        )
+
+
+@dataclass
+class ScoredBatch:
+    """The rewards of one batch of N completions.
+
+    Attributes:
+        total: (N,) float32, the weighted sum of the rewards that apply to each completion; NaN
+            where none does.
+        per_reward: name -> (N,) float32, NaN where that reward returned (or was given) ``None``.
+        errors: name -> completions that reward could not score and that became ``None``
+            (``on_error: none``).
+        timeouts: name -> completions on which that reward timed out.
+    """
+
+    total: torch.Tensor
+    per_reward: dict[str, torch.Tensor]
+    errors: dict[str, int]
+    timeouts: dict[str, int]
+
+
+# What scoring one completion came to, as sent by the worker:
+# ("ok", float | None), ("failed", why), ("config", ConfigError message), or ("timeout", None).
+_Outcome = tuple[str, Any]
+
+_STARTUP_TIMEOUT_S = 300.0  # a worker imports torch and the rewards' modules before it is ready
+_MESSAGE_LIMIT = 300  # characters of an exception message or a bad value's repr kept in errors
+
+
+class RewardRunner:
+    """Runs the rewards on each batch and combines them into one reward per completion.
+
+    A class, not a function, because with ``scoring.timeout`` set it owns a worker process that
+    is started once (on first use) and reused: starting one takes seconds. Close it (or use it as
+    a context manager) when done; a runner that is garbage-collected or left at exit stops its
+    worker too.
+
+    Rewards in the worker are copies, pickled once when it starts: state they keep (e.g. a cache
+    of parsed gold answers) lives on in the worker across calls, until a time-out restarts it.
+
+    Args:
+        rewards: The rewards to run.
+        weights: One weight per reward; ``None`` weighs each by 1.0.
+        scoring: Error handling and time limit; ``None`` is ``Scoring()`` (fail fast, in-process).
+    """
+
+    def __init__(
+        self, rewards: Sequence[Reward], weights: Optional[Sequence[float]] = None, scoring: Optional[Scoring] = None
+    ) -> None:
+        check(len(rewards) > 0, "model.rewards is empty; give at least one reward.")
+        weights = [1.0] * len(rewards) if weights is None else [float(w) for w in weights]
+        check(
+            len(weights) == len(rewards),
+            f"model.reward_weights has {len(weights)} values for {len(rewards)} rewards in model.rewards;"
+            " give one weight per reward, or leave it unset to weigh each by 1.0.",
+        )
+        check(all(math.isfinite(w) for w in weights), f"model.reward_weights={weights} must all be finite numbers.")
+        self.rewards = list(rewards)
+        self.weights = weights
+        self.scoring = scoring if scoring is not None else Scoring()
+        self.names: list[str] = []  # unique, so metrics don't overwrite each other
+        for reward in self.rewards:
+            self.names.append(_unique(reward.name, dict.fromkeys(self.names)))
+        self._worker: Optional[_Worker] = None
+
+    def __call__(
+        self, prompts: list[str], completions: list[str], columns: dict[str, list], group_size: int = 1
+    ) -> ScoredBatch:
+        """Score a batch with every reward and combine the scores.
+
+        Example: rewards ``a`` and ``b`` with weights ``[1, 0.5]`` scoring two completions as
+        ``a=[1, None]``, ``b=[1, 0]`` give ``total=[1.5, 0.0]``; had ``b`` been ``None`` for the
+        second too, its total would be NaN.
+
+        Args:
+            prompts: The prompt of each completion (repeated for each completion of a prompt).
+            completions: The generated texts, N of them.
+            columns: The dataset's other columns, each aligned with ``completions``.
+            group_size: Completions per prompt, consecutive; only used to name the prompt of a
+                failing completion (completion i belongs to prompt i // group_size).
+
+        Raises:
+            RewardError: A reward failed on a completion and ``on_error`` is ``fail``.
+            ConfigError: A reward found a bad setting (e.g. a missing answer column).
+        """
+        batch = _Batch(prompts, completions, columns, group_size)
+        per_reward: dict[str, torch.Tensor] = {}
+        errors: dict[str, int] = {}
+        timeouts: dict[str, int] = {}
+        for index, (name, reward) in enumerate(zip(self.names, self.rewards)):
+            values, errors[name], timeouts[name] = self._score(index, name, reward, batch)
+            per_reward[name] = torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float32)
+        return ScoredBatch(_combine(per_reward, self.weights), per_reward, errors, timeouts)
+
+    def close(self) -> None:
+        """Stop the worker process, if one is running; a later call starts a new one."""
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+
+    def __enter__(self) -> "RewardRunner":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A process handle does not pickle (ddp_spawn, deepcopy): the copy starts its own worker.
+        return {**self.__dict__, "_worker": None}
+
+    # ------------------------------------------------------------------ one reward
+    def _score(self, index: int, name: str, reward: Reward, batch: "_Batch") -> tuple[list, int, int]:
+        """One reward's values on the batch, with the completions it failed on and timed out on counted."""
+        if self.scoring.timeout is None:
+            outcomes = self._in_process(name, reward, batch)
+        else:
+            outcomes = self._in_worker(index, batch)
+        try:
+            with closing(outcomes):  # on an error, stop the worker mid-batch (and no stale results)
+                values, failed, timed_out = self._collect(name, outcomes, batch)
+        except _WholeBatch as problem:
+            message = f"reward '{name}' {problem}"
+            if self.scoring.on_error == "fail":
+                raise RewardError(f"{message}; fix the reward, or set model.scoring.on_error: none to score"
+                                  f" such a batch as None for it") from None
+            warnings.warn(f"{message}; all {len(batch)} completions count as None for it"
+                          " (model.scoring.on_error: none)", RewardWarning, stacklevel=3)
+            return [None] * len(batch), len(batch), 0
+        self._warn(name, batch, failed, timed_out)
+        return values, len(failed), len(timed_out)
+
+    def _collect(
+        self, name: str, outcomes: Iterator[tuple[int, _Outcome]], batch: "_Batch"
+    ) -> tuple[list, list[tuple[int, str]], list[int]]:
+        """Apply ``on_error`` and ``timeout_score`` to the outcomes; raise on the first failure under ``fail``."""
+        values: list[Optional[float]] = [None] * len(batch)
+        failed: list[tuple[int, str]] = []
+        timed_out: list[int] = []
+        for i, (kind, detail) in outcomes:
+            if kind == "ok":
+                values[i] = detail
+            elif kind == "timeout":
+                values[i] = self.scoring.timeout_score
+                timed_out.append(i)
+            elif kind == "config":
+                raise ConfigError(detail)
+            elif self.scoring.on_error == "fail":
+                error = RewardError(f"reward '{name}' {detail} on {batch.where(i)}; fix the reward, or set"
+                                    " model.scoring.on_error: none to score such completions as None")
+                error.user_traceback = getattr(detail, "traceback", "")
+                error.owner = f"the reward {blame.qualified(self.rewards[self.names.index(name)])}"
+                raise error
+            else:
+                failed.append((i, detail))
+        return values, failed, timed_out
+
+    def _warn(self, name: str, batch: "_Batch", failed: list[tuple[int, str]], timed_out: list[int]) -> None:
+        """One warning per kind per reward per batch: the count and the first completion."""
+        n = len(batch)
+        if failed:
+            i, detail = failed[0]
+            warnings.warn(f"reward '{name}' could not score {len(failed)} of {n} completions, which count as"
+                          f" None (model.scoring.on_error: none); first: it {detail} on {batch.where(i)}",
+                          RewardWarning, stacklevel=4)
+        if timed_out:
+            warnings.warn(f"reward '{name}' took longer than model.scoring.timeout={self.scoring.timeout} s on"
+                          f" {len(timed_out)} of {n} completions, which score model.scoring.timeout_score="
+                          f"{self.scoring.timeout_score}; first: {batch.where(timed_out[0])}",
+                          RewardWarning, stacklevel=4)
+
+    # ------------------------------------------------------------------ in-process
+    def _in_process(self, name: str, reward: Reward, batch: "_Batch") -> Iterator[tuple[int, _Outcome]]:
+        """One call on the whole batch (fast); if it raises, one call per completion to find which fail."""
+        try:
+            returned = reward(batch.prompts, batch.completions, **batch.columns)
+        except ConfigError:
+            raise  # a bad setting, reported as one line by the CLI
+        except Exception as error:
+            yield from self._one_at_a_time(name, reward, batch, error)
+            return
+        try:
+            values = _as_list(returned, len(batch))
+        except _BadShape as problem:
+            raise _WholeBatch(f"{problem} (from one call on the whole batch, so which completion is missing"
+                              " or extra cannot be known)") from None
+        for i, value in enumerate(values):
+            yield i, _judge(value)
+
+    def _one_at_a_time(
+        self, name: str, reward: Reward, batch: "_Batch", error: Exception
+    ) -> Iterator[tuple[int, _Outcome]]:
+        """Outcomes of scoring each completion alone, after the batch call raised ``error``.
+
+        Lazy, so under ``fail`` it stops at the first completion that fails alone.
+        """
+        failures = 0
+        for i in range(len(batch)):
+            outcome = _score_one(reward, *batch.row(i))
+            failures += outcome[0] == "failed"
+            yield i, outcome
+        if failures:
+            return
+        message = (f"reward '{name}' raised {type(error).__name__}: {_short(str(error))} on the batch of"
+                   f" {len(batch)} completions but on none of them alone, so no completion can be named")
+        if self.scoring.on_error == "fail":
+            raise RewardError(f"{message}; fix the reward, or set model.scoring.on_error: none to use its"
+                              " one-at-a-time scores") from error
+        warnings.warn(f"{message}; its one-at-a-time scores are used (model.scoring.on_error: none)",
+                      RewardWarning, stacklevel=5)
+
+    # ------------------------------------------------------------------ worker process
+    def _in_worker(self, index: int, batch: "_Batch") -> Iterator[tuple[int, _Outcome]]:
+        """Outcomes streamed from the worker, one completion at a time, each within ``scoring.timeout``.
+
+        A completion that times out (or kills the worker) costs the worker: it is stopped, and a
+        new one scores the rest of the batch. If the caller stops early (an error), the worker is
+        stopped too, so that no results of this batch are left to be read as the next one's.
+        """
+        finished = False
+        try:
+            start = 0
+            while start < len(batch):
+                start = yield from self._stream(index, batch, start)
+            finished = True
+        finally:
+            if not finished:
+                self._stop_worker()
+
+    def _stream(self, index: int, batch: "_Batch", start: int) -> Iterator[tuple[int, _Outcome]]:
+        """Outcomes of completions ``start``... until the batch ends or the worker is lost; returns where to resume."""
+        worker = self._ensure_worker()
+        worker.send(("score", index, *batch.tail(start)))
+        for i in range(start, len(batch)):
+            outcome = worker.receive(self.scoring.timeout)
+            if not worker.alive:  # timed out, or the reward killed it
+                self._worker = None
+                yield i, outcome
+                return i + 1
+            yield i, outcome
+        return len(batch)
+
+    def _ensure_worker(self) -> "_Worker":
+        if self._worker is None or not self._worker.alive:
+            self._worker = _Worker(self._pickled_rewards())
+        return self._worker
+
+    def _stop_worker(self) -> None:
+        if self._worker is not None:
+            self._worker.kill()
+            self._worker = None
+
+    def _pickled_rewards(self) -> bytes:
+        """The rewards, pickled for the worker; a reward that cannot be pickled is a setting to change."""
+        for name, reward in zip(self.names, self.rewards):
+            try:
+                pickle.dumps(reward)
+            except Exception as error:
+                raise ConfigError(
+                    f"model.scoring.timeout is set, so the rewards run in a worker process, but reward '{name}'"
+                    f" cannot be pickled to get there ({type(error).__name__}: {_short(str(error))}); make it a"
+                    " class defined at the top level of an importable module, or set model.scoring.timeout: null"
+                    " to run rewards in-process."
+                ) from None
+        return pickle.dumps(self.rewards)
+
+
+def score_completions(
+    rewards: Sequence[Reward],
+    weights: Optional[Sequence[float]],
+    prompts: list[str],
+    completions: list[str],
+    columns: dict[str, list],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Run every reward in-process on a batch and combine them into one reward per completion.
+
+    ``RewardRunner`` in one call, failing fast (``Scoring()``); see ``RewardRunner.__call__``.
+
+    Returns:
+        ``total``, (N,) float32: the weighted sum of the rewards that apply to each completion, NaN
+        where none does; and ``per_reward``: name -> (N,) float32, NaN where that reward returned
+        ``None``. Repeated names get a suffix (``_1``, ``_2``, ...).
+
+    Raises:
+        RewardError: A reward raised or returned a bad value.
+    """
+    with RewardRunner(rewards, weights) as runner:
+        scored = runner(prompts, completions, columns)
+    return scored.total, scored.per_reward
+
+
+def none_fraction(per_reward: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The share of completions each reward returned ``None`` for (NaN in ``per_reward``)."""
+    return {name: values.isnan().float().mean().item() for name, values in per_reward.items()}
+
+
+def _combine(per_reward: dict[str, torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """(N,) weighted sum of the rewards that apply (``None`` is absent, not 0); NaN where none applies."""
+    scores = torch.stack(list(per_reward.values()))  # (R, N)
+    weighted = scores * torch.tensor(weights, dtype=torch.float32)[:, None]  # (R, N)
+    total = torch.nansum(weighted, dim=0)  # (N,)
+    total[scores.isnan().all(dim=0)] = math.nan  # no reward applies: the caller leaves it out
+    return total
+
+
+class _Batch:
+    """The inputs of one scoring call, with the slicing and naming the runner needs."""
+
+    def __init__(self, prompts: list[str], completions: list[str], columns: dict[str, list], group_size: int) -> None:
+        n = len(completions)
+        for key, column in {"prompts": prompts, **columns}.items():
+            if len(column) != n:
+                raise ValueError(f"column '{key}' has {len(column)} values for {n} completions; they must align.")
+        if group_size < 1:
+            raise ValueError(f"group_size={group_size}; it must be >= 1")
+        self.prompts, self.completions, self.columns, self.group_size = prompts, completions, columns, group_size
+
+    def __len__(self) -> int:
+        return len(self.completions)
+
+    def row(self, i: int) -> tuple[list[str], list[str], dict[str, list]]:
+        """Completion ``i`` as a batch of one."""
+        return [self.prompts[i]], [self.completions[i]], {key: [column[i]] for key, column in self.columns.items()}
+
+    def tail(self, start: int) -> tuple[list[str], list[str], dict[str, list]]:
+        """Completions ``start``... as a batch."""
+        columns = {key: list(column[start:]) for key, column in self.columns.items()}
+        return list(self.prompts[start:]), list(self.completions[start:]), columns
+
+    def where(self, i: int) -> str:
+        """Completion ``i`` and its prompt, as a user can find them: index in the batch and an excerpt."""
+        return f"completion {i} (prompt {i // self.group_size} of the batch: {_excerpt(str(self.prompts[i]))})"
+
+
+class _BadShape(Exception):
+    """A reward returned something that is not a list of one value per completion.
+
+    Args:
+        got: What it returned instead, e.g. ``3 values`` or ``float``.
+    """
+
+    def __init__(self, message: str, got: str) -> None:
+        super().__init__(message)
+        self.got = got
+
+
+class _WholeBatch(Exception):
+    """A batch call went wrong in a way that no single completion can be blamed for."""
+
+
+def _as_list(returned: Any, n: int) -> list:
+    """``returned`` as a list of ``n`` values; ``_BadShape`` says what it was instead."""
+    try:
+        values = list(returned)
+    except TypeError:
+        got = type(returned).__name__
+        raise _BadShape(f"returned {got}; expected a list of {n} values", got) from None
+    if len(values) != n:
+        raise _BadShape(f"returned {len(values)} values; expected {n}, one per completion", f"{len(values)} values")
+    return values
+
+
+def _judge(value: Any) -> _Outcome:
+    """A value a reward returned for one completion: a finite number or ``None`` is ok, anything else failed."""
+    if value is None:
+        return ("ok", None)
+    if _is_number(value) and math.isfinite(value):
+        return ("ok", float(value))
+    return ("failed", f"returned {_short(repr(value))}, not a finite number or None,")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real)
+
+
+def _score_one(reward: Reward, prompts: list[str], completions: list[str], columns: dict[str, list]) -> _Outcome:
+    """Score a batch of one completion; never raises, so a worker can send back whatever happened."""
+    try:
+        returned = reward(prompts, completions, **columns)
+    except ConfigError as error:
+        return ("config", str(error))
+    except Exception as error:
+        failure = _Failure(f"raised {type(error).__name__}: {_short(str(error))}")
+        failure.traceback = traceback.format_exc()  # kept for the user (stare_lit.blame)
+        return ("failed", failure)
+    try:
+        (value,) = _as_list(returned, 1)
+    except _BadShape as problem:
+        return ("failed", f"returned {problem.got} when called on it alone, not a list of one value,")
+    return _judge(value)
+
+
+class _Failure(str):
+    """Why a reward failed on a completion, as text, with the traceback of its exception (a str, so that
+    the worker sends it back as it is)."""
+
+    traceback = ""
+
+
+def _short(text: str, limit: int = _MESSAGE_LIMIT) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _excerpt(text: str, limit: int = 80) -> str:
+    """``repr(text)`` in at most ``limit`` characters: its start and end when it is longer.
+
+    Both ends, because prompts often share a long instruction at one end and differ at the other.
+    """
+    if len(repr(text)) <= limit:
+        return repr(text)
+    keep = limit
+    while keep > 0:
+        head, tail = text[: (keep + 1) // 2], text[len(text) - keep // 2 :]
+        shown = repr(head + " ... " + tail)
+        if len(shown) <= limit:
+            return shown
+        keep -= 1
+    return repr(text[:0])
+
+
+class _Worker:
+    """A spawned process that holds the rewards and scores completions one at a time on request.
+
+    Spawned, never forked: the parent holds torch's threads and maybe CUDA, which a fork would
+    copy in an unusable state. Not daemonic, so a reward may start processes of its own; the
+    exit hook below stops it instead.
+    """
+
+    def __init__(self, rewards: bytes) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child_conn = context.Pipe()
+        self._process = context.Process(
+            target=_worker_main, args=(child_conn, rewards), name="stare-lit-rewards", daemon=False
+        )
+        try:
+            self._process.start()
+        except BaseException:
+            self._conn.close()
+            raise
+        finally:
+            child_conn.close()  # the worker has its copy; closing ours makes its death read as EOF here
+        # Stops the process when this object is garbage-collected; idempotent.
+        self._stop = weakref.finalize(self, _stop_process, self._process, self._conn, os.getpid())
+        _WORKERS.add(self)
+        _register_exit_hook()
+        self._wait_until_ready()
+
+    @property
+    def alive(self) -> bool:
+        """Not stopped here, and not dead of its own accord (e.g. killed by the OOM killer while idle)."""
+        return self._stop.alive and self._process.is_alive()
+
+    def send(self, message: tuple) -> None:
+        try:
+            self._conn.send(message)
+        except OSError as error:  # it died between two batches
+            self.kill()
+            raise RewardError(f"the reward worker process (model.scoring.timeout is set) died (exit code"
+                              f" {self._process.exitcode}) before it could score a batch; set"
+                              " model.scoring.timeout: null to run rewards in-process.") from error
+
+    def receive(self, timeout: Optional[float]) -> _Outcome:
+        """The next completion's outcome; on a time-out or the worker's death, the worker is stopped."""
+        if not self._conn.poll(timeout):
+            self.kill()
+            return ("timeout", None)
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError):
+            self.kill()
+            return ("failed", f"killed its worker process (exit code {self._process.exitcode})")
+
+    def close(self) -> None:
+        """Ask the worker to exit; kill it if it is busy."""
+        if not self.alive:
+            return
+        try:
+            self._conn.send(None)
+            self._process.join(timeout=1.0)
+        except (OSError, ValueError):
+            pass
+        self.kill()
+
+    def kill(self) -> None:
+        self._stop()
+
+    def _wait_until_ready(self) -> None:
+        """Wait for the worker to load the rewards; its start-up does not count against the time-out."""
+        problem = None
+        if not self._conn.poll(_STARTUP_TIMEOUT_S):
+            problem = f"did not start within {_STARTUP_TIMEOUT_S:.0f} s"
+        else:
+            try:
+                kind, detail = self._conn.recv()
+            except (EOFError, OSError):
+                self._process.join(timeout=5.0)
+                kind, detail = "died", f"exit code {self._process.exitcode}"
+            if kind == "load_failed":
+                self.kill()
+                raise ConfigError(
+                    f"model.scoring.timeout is set, so the rewards run in a worker process, but it could not load"
+                    f" them ({detail}); define them in a module the worker can import (not the script you run),"
+                    " or set model.scoring.timeout: null to run rewards in-process."
+                )
+            if kind != "ready":
+                problem = (f"died while starting ({detail}; its traceback is above); a script that trains must do"
+                           " so under `if __name__ == \"__main__\":`, as a spawned process imports it again")
+        if problem is not None:
+            self.kill()
+            raise RewardError(f"the reward worker process (model.scoring.timeout is set) {problem}; set"
+                              " model.scoring.timeout: null to run rewards in-process.")
+
+
+_WORKERS: "weakref.WeakSet[_Worker]" = weakref.WeakSet()
+
+
+def _register_exit_hook() -> None:
+    """(Re-)register the exit hook after multiprocessing's own, so that it runs first (atexit is LIFO).
+
+    multiprocessing joins its non-daemonic children at exit: a worker still waiting for work
+    would block the exit forever. Stopping the workers first makes that join return at once.
+    """
+    atexit.unregister(_stop_all_workers)
+    atexit.register(_stop_all_workers)
+
+
+def _stop_all_workers() -> None:
+    for worker in list(_WORKERS):
+        worker.kill()
+
+
+def _stop_process(process: multiprocessing.process.BaseProcess, conn: Connection, owner: int) -> None:
+    """Kill and reap the worker (no zombie), unless this is a forked copy of its parent, which may not."""
+    if os.getpid() != owner:
+        return
+    if process.is_alive():
+        process.kill()
+    process.join()
+    conn.close()
+
+
+def _worker_main(conn: Connection, rewards: bytes) -> None:
+    """The worker's loop, on its main thread (so math-verify's ``signal.alarm`` time limits still work).
+
+    Messages in: ``("score", reward_index, prompts, completions, columns)``, or ``None`` to exit.
+    Out: ``("ready", None)`` or ``("load_failed", why)`` once; then one outcome per completion.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
+    try:
+        loaded = pickle.loads(rewards)
+    except Exception as error:
+        conn.send(("load_failed", f"{type(error).__name__}: {_short(str(error))}"))
+        return
+    conn.send(("ready", None))
+    try:
+        while (message := conn.recv()) is not None:
+            _, index, prompts, completions, columns = message
+            reward = loaded[index]
+            for i in range(len(completions)):
+                row = {key: [column[i]] for key, column in columns.items()}
+                conn.send(_score_one(reward, [prompts[i]], [completions[i]], row))
+    except (EOFError, OSError):
+        pass  # the parent is gone
+
+
+def _unique(name: str, taken: dict[str, Any]) -> str:
+    """``name``, or ``name_1``, ``name_2``, ... if it is already taken, so metrics don't overwrite each other."""
+    unique, k = name, 0
+    while unique in taken:
+        k += 1
+        unique = f"{name}_{k}"
+    return unique
+
+

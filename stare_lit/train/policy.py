@@ -1,0 +1,137 @@
+"""Where the policy comes from: a Hugging Face causal LM by name or local path, or a config.
+
+``Policy`` is a plain dataclass so that it reads as nested YAML::
+
+    model:
+      policy:
+        name_or_path: Qwen/Qwen2.5-Math-1.5B      # or a local directory
+        dtype: bfloat16
+
+or, for tests and from-scratch runs, a config with random weights::
+
+      policy:
+        config: {class_path: transformers.Qwen2Config, init_args: {hidden_size: 64, ...}}
+        tokenizer: path/to/tokenizer
+
+Under Lightning's ``ModelParallelStrategy`` the module calls :meth:`Policy.shard` on the built model
+(FSDP2: each decoder layer, then the root, over the data-parallel mesh).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
+
+from stare_lit.errors import ConfigError, check
+from stare_lit.train.lora import LoRA
+
+#: What transformers' ``attn_implementation`` accepts, besides a Hub kernel's ``org/name``.
+ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Policy:
+    """The policy model and its tokenizer.
+
+    Args:
+        name_or_path: a Hugging Face model name or a local directory (weights + tokenizer).
+        config: build the model from this config with random weights instead (no download).
+        tokenizer: tokenizer name or directory; defaults to ``name_or_path``.
+        dtype: parameter dtype of the policy (float32, bfloat16, float16).
+        trust_remote_code: allow code shipped with the model to run (off unless you set it).
+        revision: model revision (branch, tag or commit) on the hub.
+        gradient_checkpointing: recompute activations in backward to save memory.
+        attn_implementation: e.g. "sdpa", "flash_attention_2"; None lets transformers choose.
+        fsdp_mixed_precision: only when sharded (ModelParallelStrategy): all-gather and compute in
+            bfloat16 while the sharded parameters, the optimizer state and the gradient reduction stay
+            in ``dtype`` (keep dtype float32 for fp32 master weights). Off: everything in ``dtype``.
+        lora: train LoRA adapters on the frozen model instead of all its weights (stare_lit.train.LoRA);
+            the frozen base is then also the reference model for β > 0.
+    """
+
+    name_or_path: str | None = None
+    config: PretrainedConfig | None = None
+    tokenizer: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+    revision: str | None = None
+    gradient_checkpointing: bool = False
+    attn_implementation: str | None = None
+    fsdp_mixed_precision: bool = False
+    lora: LoRA | None = None
+
+    def __post_init__(self) -> None:
+        check((self.name_or_path is None) != (self.config is None),
+              "model.policy: set exactly one of name_or_path (a model name or local directory) or config "
+              "(build from a config with random weights)")
+        check(self.name_or_path is not None or self.tokenizer is not None,
+              "model.policy.tokenizer: a policy built from a config needs a tokenizer name or directory")
+        for key, value in (("name_or_path", self.name_or_path), ("tokenizer", self.tokenizer)):
+            if value is not None and _looks_local(value) and not os.path.exists(value):
+                raise ConfigError(f"model.policy.{key}: '{value}' does not exist; give an existing directory or a "
+                                  "Hugging Face model name (for the offline default run `stare-lit warmstart` first)")
+
+        check(self.attn_implementation is None or self.attn_implementation in ATTENTION or "/" in self.attn_implementation,
+              f"model.policy.attn_implementation: {self.attn_implementation!r} is not one of {', '.join(ATTENTION)} "
+              "(or a Hub kernel 'org/name'); pick one, or null to let transformers choose")
+
+    def load_tokenizer(self):
+        source = self.tokenizer or self.name_or_path
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=self.trust_remote_code, revision=self.revision)
+        tok.padding_side = "left"  # batched generation appends to the right end of every row
+        if tok.pad_token is None:
+            check(tok.eos_token is not None,
+                  f"model.policy.tokenizer: '{source}' has neither a pad nor an eos token; use a tokenizer with one")
+            tok.pad_token = tok.eos_token
+        return tok
+
+    def build_model(self) -> PreTrainedModel:
+        kwargs = {"dtype": DTYPES[self.dtype], "trust_remote_code": self.trust_remote_code}
+        if self.attn_implementation:
+            kwargs["attn_implementation"] = self.attn_implementation
+        if self.config is not None:
+            model = AutoModelForCausalLM.from_config(self.config, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(self.name_or_path, revision=self.revision, **kwargs)
+        if self.gradient_checkpointing:
+            model.gradient_checkpointing_enable()  # before LoRA: peft then makes the frozen embeddings' output require grad
+        return self.lora.apply(model) if self.lora is not None else model
+
+    def shard(self, model: PreTrainedModel, mesh) -> PreTrainedModel:
+        """FSDP2 in place: ``fully_shard`` every decoder layer, then the root, over ``mesh`` (1-D).
+
+        One all-gather per layer in forward and backward, so only a layer or two (plus the root's
+        embeddings, final norm and head) are ever unsharded at once; parameters become DTensors
+        sharded on dim 0. The rollout gathers everything instead (``stare_lit.rollout.base.full_parameters``).
+        """
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+              if self.fsdp_mixed_precision else MixedPrecisionPolicy())
+        for layer in decoder_layers(model):
+            fully_shard(layer, mesh=mesh, mp_policy=mp)
+        fully_shard(model, mesh=mesh, mp_policy=mp)
+        return model
+
+
+def decoder_layers(model: PreTrainedModel) -> list[torch.nn.Module]:
+    """The model's repeated blocks, innermost first: classes named in ``_no_split_modules``, else
+    ``model.model.layers``."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    layers = [m for m in reversed(list(model.modules())) if type(m).__name__ in names and m is not model]
+    if not layers and hasattr(getattr(model, "model", None), "layers"):
+        layers = list(model.model.layers)
+    check(len(layers) > 0, f"model.policy: cannot find the decoder layers of {type(model).__name__} to shard "
+                           "(no _no_split_modules, no model.layers)")
+    return layers
+
+
+def _looks_local(value: str) -> bool:
+    """A path-like string (./x, /x, ~/x, x/y/z, or an existing file) rather than a hub id 'org/name'."""
+    return value.startswith((".", "/", "~")) or value.count("/") >= 2 or os.path.exists(value)

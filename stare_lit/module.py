@@ -28,9 +28,9 @@ Checkpoints carry what exact resume needs beyond Lightning's own state (``on_sav
 from __future__ import annotations
 
 import math
-import os
 import time
 from contextlib import nullcontext
+from functools import partial
 from dataclasses import dataclass, replace
 
 import lightning as L
@@ -40,53 +40,41 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from stare_lit.train import preemption
-from stare_lit.ops.advantages import AdvantageScale, equal_groups, group_advantages
-from stare_lit.train.checks import check_finite_floats, check_optimizer, finite
-from stare_lit.ops.distributed import all_reduce_sum, is_distributed, masked_mean
-from stare_lit.rollout.fast import FastRollout
-from stare_lit.errors import ConfigError, NonFiniteError, check
-from stare_lit.ops.logprobs import model_logprobs_and_entropy
-from stare_lit.train.lora import reference_model
-from stare_lit.ops.loss import Aggregation, policy_loss
-from stare_lit.train.step_log import StepKeys
-from stare_lit.ops.metrics import sample_accuracy
-from stare_lit.train.policy import Policy
-from stare_lit.rewards.base import Reward
-from stare_lit.rollout.streams import TRAIN, VALIDATION, rng_states, seeded, set_rng_states, stream_seed
-from stare_lit.rollout.base import Rollout, RolloutEngine, Sampling, format_prompts
 from stare_lit.data.rows import check_prompts
-from stare_lit.train.update_rows import inert_rows, length_sorted_chunks, merge_rows, pad_columns, row_inputs
-from stare_lit.rewards.runner import RewardRunner, ScoredBatch, Scoring, none_fraction
-from stare_lit.train.strategy import refuse_fsdp1
+from stare_lit.errors import check
+from stare_lit.ops.advantages import AdvantageScale, equal_groups, group_advantages
+from stare_lit.ops.distributed import all_reduce_sum, masked_mean
+from stare_lit.ops.logprobs import model_logprobs_and_entropy
+from stare_lit.ops.loss import LossSettings, policy_loss
+from stare_lit.ops.metrics import sample_accuracy
+from stare_lit.rewards.base import Reward
+from stare_lit.rewards.runner import RewardRunner, ScoredBatch, Scoring
+from stare_lit.rollout.base import Rollout, RolloutEngine, Sampling, format_prompts
+from stare_lit.rollout.fast import FastRollout
+from stare_lit.rollout.streams import TRAIN, VALIDATION, rng_states, seeded, set_rng_states, stream_seed
 from stare_lit.schemes.base import GRPO, TokenBatch, TokenWeighting
-
-
-@dataclass
-class LossSettings:
-    """The clipped surrogate (see stare_lit.ops.policy_loss).
-
-    Args:
-        clip_low: ε_low of the ratio clip.
-        clip_high: ε_high ("clip-higher", DAPO); equal to clip_low for symmetric PPO clipping.
-        dual_clip: c > 1 of dual-clip PPO for negative advantages (STARE recipe: 10), or None.
-        agg: token-mean (DAPO, default), seq-mean-token-mean, or seq-mean-token-sum-norm (Dr. GRPO,
-            normalised by sampling.max_new_tokens).
-        beta: coefficient of the k3 KL to a frozen reference model; 0 builds no reference model.
-    """
-
-    clip_low: float = 0.2
-    clip_high: float = 0.28
-    dual_clip: float | None = None
-    agg: Aggregation = "token-mean"
-    beta: float = 0.0
-
-    def __post_init__(self) -> None:
-        check(0 <= self.clip_low < 1 and self.clip_high >= 0,
-              f"model.loss: need 0 <= clip_low < 1 and clip_high >= 0, got {self.clip_low}, {self.clip_high}")
-        check(self.dual_clip is None or self.dual_clip > 1,
-              f"model.loss.dual_clip must be > 1 (verl uses 3, STARE 10) or null, got {self.dual_clip}")
-        check(self.beta >= 0, f"model.loss.beta must be >= 0, got {self.beta}")
+from stare_lit.train import preemption
+from stare_lit.train.checkpoint import check_same_model
+from stare_lit.train.checks import check_finite_floats, check_module_settings, check_optimizer
+from stare_lit.train.faults import (
+    NonFiniteStep,
+    require_finite,
+    sampler_fault,
+    save_last_good_and_stop,
+    skipped_step_outputs,
+)
+from stare_lit.train.lora import reference_model
+from stare_lit.train.policy import Policy
+from stare_lit.train.step_log import StepKeys, step_metrics
+from stare_lit.train.strategy import refuse_fsdp1
+from stare_lit.train.update_rows import (
+    inert_rows,
+    length_sorted_chunks,
+    micro_logprobs,
+    pad_columns,
+    row_inputs,
+    skipped_rows_old,
+)
 
 
 @dataclass
@@ -99,14 +87,6 @@ class Tokens:
     mask: Tensor  # bool
     ref_logprobs: Tensor | None = None
     weights: Tensor | None = None  # ω of the first update
-
-
-class NonFiniteStep(Exception):
-    """Raised inside a step on every rank when a rank saw a non-finite ``what``; the step is skipped."""
-
-    def __init__(self, what: str) -> None:
-        super().__init__(what)
-        self.what = what
 
 
 class GRPOModule(L.LightningModule):
@@ -183,24 +163,12 @@ class GRPOModule(L.LightningModule):
         super().__init__()
         check(group_size >= 2, f"model.group_size must be >= 2 (GRPO compares samples of a prompt), got {group_size}")
         self.reward_runner = RewardRunner(rewards, reward_weights, scoring or Scoring())  # checks both
-        check(updates_per_batch >= 1, f"model.updates_per_batch must be >= 1, got {updates_per_batch}")
-        check(micro_batch_size is None or micro_batch_size >= 1, "model.micro_batch_size must be >= 1 or null")
-        check(0 <= accuracy_reward < len(rewards), f"model.accuracy_reward must index model.rewards, got {accuracy_reward}")
-        check(val_samples >= 1, f"model.val_samples must be >= 1, got {val_samples}")
-        check(finite(val_temperature) and val_temperature >= 0,
-              f"model.val_temperature must be >= 0 (0 = greedy), got {val_temperature}")
-        check(val_temperature > 0 or val_samples == 1, "model.val_temperature 0 (greedy) needs model.val_samples 1")
-        check(max_nonfinite_steps >= 1, f"model.max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
-        # A negative grad_clip would make clip_grad_norm_ flip every gradient: the run would climb the loss.
-        check(grad_clip is None or (finite(grad_clip) and grad_clip > 0),
-              f"model.grad_clip must be > 0 (the max global gradient norm, e.g. 1.0) or null for no clipping, got {grad_clip}")
-        check(finite(advantage_eps) and advantage_eps >= 0, f"model.advantage_eps must be >= 0, got {advantage_eps}")
-        check(logprob_chunk_size >= 1, f"model.logprob_chunk_size must be >= 1 (rows per log-prob pass), got {logprob_chunk_size}")
-        check(peak_flops is None or (finite(peak_flops) and peak_flops > 0),
-              f"model.peak_flops must be > 0 (FLOP/s, e.g. 989e12) or null, got {peak_flops}")
-        check(system_prompt is None or chat_template,
-              "model.system_prompt is set but model.chat_template is false, so it would never be used; "
-              "set model.chat_template: true or remove model.system_prompt")
+        check_module_settings(rewards=len(rewards), updates_per_batch=updates_per_batch,
+                              micro_batch_size=micro_batch_size, accuracy_reward=accuracy_reward,
+                              val_samples=val_samples, val_temperature=val_temperature,
+                              max_nonfinite_steps=max_nonfinite_steps, grad_clip=grad_clip,
+                              advantage_eps=advantage_eps, logprob_chunk_size=logprob_chunk_size,
+                              peak_flops=peak_flops, system_prompt=system_prompt, chat_template=chat_template)
         check_optimizer(optimizer, lr_scheduler)
         self.automatic_optimization = False
         self.policy = policy
@@ -372,18 +340,8 @@ class GRPOModule(L.LightningModule):
         return ref
 
     def require_finite(self, what: str, *values: Tensor, mask: Tensor | None = None) -> None:
-        """Raise ``NonFiniteStep(what)`` if any rank has a NaN/±inf in ``values`` (where ``mask``, if given).
-
-        Every rank raises together (one all-reduce): a rank that skipped backward alone would leave the
-        others waiting in FSDP's collectives. Non-finite logits show up here too: one NaN or +inf logit
-        makes its position's log-prob and entropy non-finite.
-        """
-        bad = torch.zeros((), device=self.device)
-        for v in values:
-            nonfinite = ~torch.isfinite(v.detach())
-            bad += (nonfinite if mask is None else nonfinite & mask).sum()
-        if all_reduce_sum(bad).item() > 0:
-            raise NonFiniteStep(what)
+        """NonFiniteStep on every rank if any rank has a NaN/±inf in ``values`` (stare_lit.train.faults)."""
+        require_finite(what, *values, mask=mask, device=self.device)
 
     def update(self, rollout: Rollout, tokens: Tokens | None, advantages: Tensor) -> tuple[Tokens, dict]:
         """μ optimizer steps on one rollout batch.
@@ -402,13 +360,15 @@ class GRPOModule(L.LightningModule):
                           and self.scheme.zero_advantage_inert)  # (N,)
         seen, logged = None, {}
         ref_logprobs = self.reference_pass(rollout) if fused_old_pass else None
-        skipped_old = self.skipped_rows_old(rollout, skip) if fused_old_pass else None
+        forward = partial(self.token_logprobs, self.model, rollout)  # rows -> (log π_θ, entropy)
+        skipped_old = skipped_rows_old(forward, mask.shape, skip) if fused_old_pass else None
         for step in range(self.updates_per_batch):
             used, loss_total, backwards = [], 0.0, 0
             if not fused_old_pass:
                 self.scheme.prepare(self.token_batch(tokens, slice(None), tokens.old_logprobs, tokens.entropy))
             for rows in self.micro_batches(mask.shape[0]):
-                logprobs, entropy = self.micro_logprobs(rollout, rows, skip, tokens, skipped_old)
+                old = skipped_old if fused_old_pass else (tokens.old_logprobs, tokens.entropy)
+                logprobs, entropy = micro_logprobs(forward, rows, skip, old)
                 self.require_finite("log-probs or entropy", logprobs, entropy, mask=mask[rows])
                 if fused_old_pass:
                     tokens = Tokens(old_logprobs=logprobs.detach(), entropy=entropy.detach(),
@@ -441,43 +401,6 @@ class GRPOModule(L.LightningModule):
                           # forwarded and backwarded with grad (prompt + completion, no padding), × μ
                           "trained_tokens": float(rollout.attention_mask[~skip].sum().item() * self.updates_per_batch)}
         return replace(tokens, advantages=seen[0], mask=seen[1], weights=seen[2]), logged
-
-    def forwarded(self, rows: Tensor, fallback: Tensor) -> Tensor:
-        """``rows`` (k,) indices, or ``fallback`` when this rank has none and another rank has some:
-        FSDP's collectives need every rank to run the same forwards. Every rank must call it."""
-        if not is_distributed():
-            return rows
-        anyone = all_reduce_sum(torch.tensor(float(len(rows) > 0), device=rows.device)).item() > 0
-        return fallback if anyone and len(rows) == 0 else rows
-
-    @torch.no_grad()
-    def skipped_rows_old(self, rollout: Rollout, skip: Tensor) -> tuple[Tensor, Tensor]:
-        """log π_old and entropy (N, T) of the skipped rows (0 on the others), for the fused pass: the
-        loss, the scheme's gate and the callbacks see every row."""
-        lp = torch.zeros(rollout.completion_ids.shape, device=skip.device)
-        ent = torch.zeros_like(lp)
-        idx = skip.nonzero().squeeze(-1)
-        fwd = self.forwarded(idx, fallback=idx.new_zeros(1))  # a fallback row's values are not kept
-        if len(fwd):
-            lp_fwd, ent_fwd = self.token_logprobs(self.model, rollout, fwd)
-            if len(idx):
-                lp[idx], ent[idx] = lp_fwd, ent_fwd
-        return lp, ent
-
-    def micro_logprobs(self, rollout: Rollout, rows: slice, skip: Tensor, tokens: Tokens | None,
-                       skipped_old: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
-        """log π_θ and entropy (n, T) of one micro-batch: forwarded with grad for the rows that are not
-        skipped, π_old's values (constants) for the others."""
-        local = torch.arange(rows.start, rows.stop, device=skip.device)
-        active = self.forwarded(local[~skip[rows]], fallback=local[:1])
-        if len(active) == len(local):
-            return self.token_logprobs(self.model, rollout, rows)
-        base_lp, base_ent = ((tokens.old_logprobs, tokens.entropy) if tokens is not None else skipped_old)
-        base_lp, base_ent = base_lp[rows], base_ent[rows]
-        if len(active) == 0:
-            return base_lp, base_ent
-        lp, ent = self.token_logprobs(self.model, rollout, active)
-        return merge_rows(base_lp, active - rows.start, lp), merge_rows(base_ent, active - rows.start, ent)
 
     def token_batch(self, tokens: Tokens, rows: slice, logprobs: Tensor, entropy: Tensor) -> TokenBatch:
         """The scheme's view of rows ``rows`` of the step batch, with π_θ's log-probs and entropy."""
@@ -540,7 +463,7 @@ class GRPOModule(L.LightningModule):
         tokens, stats = self.learn(rollout_kept, advantages)
         self.nonfinite_in_a_row = 0
         t3 = time.perf_counter()
-        self.log_step(rollout, rollout_kept, scored, flat, unscored, tokens, stats, times=(t1 - t0, t2 - t1, t3 - t2))
+        self.log_step(rollout, rollout_kept, scored, flat, tokens, stats, times=(t1 - t0, t2 - t1, t3 - t2))
         return {"loss": torch.tensor(stats.get("loss", 0.0)), "entropy": tokens.entropy,
                 "surprisal": -tokens.old_logprobs, "advantages": tokens.advantages, "weights": tokens.weights,
                 "mask": tokens.mask, "rewards": rewards.detach()}
@@ -566,8 +489,8 @@ class GRPOModule(L.LightningModule):
         NonFiniteStep on every rank, like any other non-finite number of the step."""
         try:
             rollout, bad = self.rollout(prompts, group_size, seed=seed), torch.zeros((), device=self.device)
-        except RuntimeError as e:  # torch.multinomial: "probability tensor contains either inf, nan or element < 0"
-            if "inf" not in str(e) and "nan" not in str(e):
+        except RuntimeError as e:
+            if not sampler_fault(e):
                 raise
             rollout, bad = None, torch.tensor(math.nan, device=self.device)
         self.require_finite("logits while sampling the rollout", bad)  # every rank takes part
@@ -589,71 +512,27 @@ class GRPOModule(L.LightningModule):
         if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
             for logger in self.trainer.loggers:  # the step never ends, so Lightning would not write them
                 logger.log_metrics(counts, step=self.trainer.fit_loop.epoch_loop._batches_that_stepped)
-            self.stop_on_nonfinite(fault)
+            save_last_good_and_stop(self.trainer, fault, self.nonfinite_in_a_row, self.global_step)
         self.log_dict(self.step_keys.fill(counts), on_step=True, on_epoch=False, batch_size=rows)
-        zeros = torch.zeros(rows, 1, device=self.device)  # (N, 1)
-        return {"loss": torch.tensor(math.nan), "entropy": zeros, "surprisal": zeros, "advantages": zeros,
-                "weights": zeros, "mask": zeros.bool(), "rewards": torch.full((rows,), math.nan, device=self.device)}
+        return skipped_step_outputs(rows, self.device)
 
-    def stop_on_nonfinite(self, fault: NonFiniteStep) -> None:
-        """Save the last good state next to the run's checkpoints, then stop with a one-line error."""
-        trainer = self.trainer
-        callback = trainer.checkpoint_callback
-        folder = (callback.dirpath if callback is not None and callback.dirpath
-                  else os.path.join(trainer.log_dir or trainer.default_root_dir, "checkpoints"))  # collective
-        path = os.path.join(folder, f"last-good-step={self.global_step}.ckpt")
-        trainer.save_checkpoint(path, weights_only=False)  # full, to resume from; explicit, or Lightning logs its default
-        raise NonFiniteError(
-            f"{self.nonfinite_in_a_row} steps in a row had non-finite {fault.what} (the last at step "
-            f"{self.global_step}); stopped. The last good state is in {path} (the skipped steps changed "
-            f"nothing); resume from it with --ckpt_path after lowering model.optimizer's lr, using "
-            f"model.policy.dtype: float32, or raising model.max_nonfinite_steps")
-
-    def log_step(self, generated: Rollout, kept: Rollout, scored: ScoredBatch, flat, unscored, tokens: Tokens,
-                 stats, times) -> None:
-        """Log the step. ``generated`` is the rollout as sampled, ``kept`` the same with only the tokens that
-        entered the loss in its completion mask."""
-        mask = kept.completion_mask
-        lengths = generated.completion_mask.sum(-1)  # (N,) tokens, EOS included
-        rewards = scored.total
-        ok = ~torch.isnan(rewards)
-        reward_sum = all_reduce_sum(torch.stack([rewards[ok].sum(), ok.sum().float()]))  # world-level
-        metrics = {
-            "train/reward": (reward_sum[0] / reward_sum[1]).item() if reward_sum[1] > 0 else math.nan,
-            "train/frac_zero_std": flat.float().mean().item(),
-            "train/frac_unscored": unscored.float().mean().item(),
-            "train/completion_length": lengths.float().mean().item(),
-            # Degenerate completions, counted: cut at max_new_tokens; no text at all; nothing but EOS.
-            "train/frac_truncated": generated.truncated.float().mean().item(),
-            "train/frac_empty": sum(not text.strip() for text in generated.completions) / len(generated.completions),
-            "train/frac_eos_only": ((lengths == 1) & ~generated.truncated).float().mean().item(),
-            "train/entropy": masked_mean(tokens.entropy, mask).item(),
-            "train/surprisal": masked_mean(-tokens.old_logprobs, mask).item(),
-            "train/nonfinite_skipped": 0.0,
-            "train/nonfinite_steps": float(self.nonfinite_steps),
-            "time/generate_s": times[0], "time/score_s": times[1], "time/update_s": times[2],
-            "train/generated_tokens_per_s": lengths.sum().item() / max(times[0], 1e-9),
-            # tokens forwarded and backwarded with grad, × μ (skipped rows not counted; 0 when nothing was learnt)
-            "train/trained_tokens_per_s": stats.get("trained_tokens", 0.0) / max(times[2], 1e-9),
-        }
+    def log_step(self, generated: Rollout, kept: Rollout, scored: ScoredBatch, flat: Tensor, tokens: Tokens,
+                 stats: dict, times: tuple[float, float, float]) -> None:
+        """Log the step (stare_lit.train.step_log.step_metrics), the scheme's metrics and the progress bar."""
+        metrics = step_metrics(generated, kept.completion_mask, scored, flat, tokens.entropy, tokens.old_logprobs,
+                               stats, times)
+        metrics |= {"train/nonfinite_skipped": 0.0, "train/nonfinite_steps": float(self.nonfinite_steps),
+                    "train/lr": self.optimizers().param_groups[0]["lr"]}
         if self.peak_flops:  # 6·N·D: forward + backward of every trained token, per optimizer step
             n_params = sum(p.numel() for p in self.model.parameters())
             metrics["train/mfu"] = 6 * n_params * stats.get("trained_tokens", 0.0) / max(times[2], 1e-9) / self.peak_flops
-        metrics |= {f"train/{k}": v for k, v in stats.items()}
-        for name, values in scored.per_reward.items():
-            valid = values[~torch.isnan(values)]
-            metrics[f"reward/{name}"] = valid.mean().item() if len(valid) else math.nan
-        metrics |= {f"reward/{name}_none_frac": v for name, v in none_fraction(scored.per_reward).items()}
-        metrics |= {f"reward/{name}_errors": float(n) for name, n in scored.errors.items()}  # this rank's
-        metrics |= {f"reward/{name}_timeouts": float(n) for name, n in scored.timeouts.items()}
         metrics |= {f"scheme/{k}": v for k, v in self.scheme.metrics().items()}
-        metrics["train/lr"] = self.optimizers().param_groups[0]["lr"]
-        self.log_dict(self.step_keys.fill(metrics), on_step=True, on_epoch=False,
-                      batch_size=len(rewards), sync_dist=False)
-        self.log("reward", metrics["train/reward"], prog_bar=True, logger=False, batch_size=len(rewards))
-        self.log("entropy", metrics["train/entropy"], prog_bar=True, logger=False, batch_size=len(rewards))
+        n = len(scored.total)
+        self.log_dict(self.step_keys.fill(metrics), on_step=True, on_epoch=False, batch_size=n, sync_dist=False)
+        self.log("reward", metrics["train/reward"], prog_bar=True, logger=False, batch_size=n)
+        self.log("entropy", metrics["train/entropy"], prog_bar=True, logger=False, batch_size=n)
         if hasattr(self.scheme, "gate_on"):  # a closed-loop scheme (STARE): show whether its gate is open
-            self.log("gate", float(self.scheme.gate_on), prog_bar=True, logger=False, batch_size=len(rewards))
+            self.log("gate", float(self.scheme.gate_on), prog_bar=True, logger=False, batch_size=n)
 
     # ---------------------------------------------------------------- validation
     def validation_step(self, batch: dict[str, list], batch_idx: int) -> None:
@@ -697,7 +576,7 @@ class GRPOModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.configure_model()  # the model exists before its weights are loaded
-        self.check_same_model(checkpoint.get("state_dict"))
+        check_same_model(self.state_dict(), checkpoint.get("state_dict"))
         if "weighting_scheme" in checkpoint:
             self.scheme.load_state_dict(checkpoint["weighting_scheme"])
         if "run_state" in checkpoint:
@@ -705,24 +584,6 @@ class GRPOModule(L.LightningModule):
             self._rollout_seed, self.rollouts = int(state["rollout_seed"]), int(state["rollouts"])
             self.nonfinite_steps, self.nonfinite_in_a_row = int(state["nonfinite_steps"]), int(state["nonfinite_in_a_row"])
             self._rng_to_restore = state["rng"]
-
-    def check_same_model(self, saved: dict[str, Tensor] | None) -> None:
-        """One clear error, before Lightning's wall of size mismatches, when a checkpoint holds another model."""
-        if not saved:
-            return  # a sharded checkpoint: torch.distributed.checkpoint checks it while loading
-        mine = self.state_dict()
-        missing = sorted(set(mine) - set(saved))
-        wrong = [(k, tuple(saved[k].shape), tuple(v.shape)) for k, v in mine.items()
-                 if k in saved and tuple(saved[k].shape) != tuple(v.shape)]
-        if missing:
-            detail = f"{len(missing)} of this model's parameters are not in it, e.g. {missing[0]}"
-        elif wrong:
-            name, theirs, ours = wrong[0]
-            detail = f"{name} is {theirs} in the checkpoint, {ours} here"
-        else:
-            return
-        raise ConfigError(f"ckpt_path: the checkpoint holds another model than model.policy builds ({detail}); "
-                          "resume with the model.policy the run was started with")
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # The global RNGs as they were when the checkpoint was written, right before the next batch:

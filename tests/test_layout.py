@@ -85,7 +85,7 @@ ALLOWED = {
     "rollout": {"errors"},
     "rewards": {"errors", "blame"},
     "data": {"rewards", "errors"},
-    "train": {"ops", "rollout", "errors"},
+    "train": {"ops", "rollout", "rewards", "errors"},
     "module": {"ops", "schemes", "rollout", "rewards", "data", "train", "errors", "blame"},
     "commands": {"ops", "schemes", "rollout", "rewards", "data", "train", "errors", "blame", "module"},
 }

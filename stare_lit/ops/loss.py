@@ -10,10 +10,13 @@ this is plain GRPO, bit for bit. The KL term is not reweighted (as in the STARE 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
+
+from stare_lit.errors import check
 
 Aggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 
@@ -104,3 +107,30 @@ def policy_loss(
 
 def _masked_mean(x: Tensor, m: Tensor) -> Tensor:
     return ((x * m).sum() / m.sum().clamp_min(1.0)).detach()
+
+
+@dataclass
+class LossSettings:
+    """The clipped surrogate's settings (``model.loss`` in YAML; see :func:`policy_loss`).
+
+    Args:
+        clip_low: ε_low of the ratio clip.
+        clip_high: ε_high ("clip-higher", DAPO); equal to clip_low for symmetric PPO clipping.
+        dual_clip: c > 1 of dual-clip PPO for negative advantages (STARE recipe: 10), or None.
+        agg: token-mean (DAPO, default), seq-mean-token-mean, or seq-mean-token-sum-norm (Dr. GRPO,
+            normalised by sampling.max_new_tokens).
+        beta: coefficient of the k3 KL to a frozen reference model; 0 builds no reference model.
+    """
+
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    dual_clip: float | None = None
+    agg: Aggregation = "token-mean"
+    beta: float = 0.0
+
+    def __post_init__(self) -> None:
+        check(0 <= self.clip_low < 1 and self.clip_high >= 0,
+              f"model.loss: need 0 <= clip_low < 1 and clip_high >= 0, got {self.clip_low}, {self.clip_high}")
+        check(self.dual_clip is None or self.dual_clip > 1,
+              f"model.loss.dual_clip must be > 1 (verl uses 3, STARE 10) or null, got {self.dual_clip}")
+        check(self.beta >= 0, f"model.loss.beta must be >= 0, got {self.beta}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021, arXiv 2107.03374).

@@ -14,17 +14,14 @@ parse). It never falls back to 1.0: that would reward the policy for the dataset
 rewards are run and combined — errors, time limits, a worker process — is stare_lit.rewards.runner.
 """
 
-import ast
-import operator
 import re
 import threading
 from abc import ABC, abstractmethod
-from typing import Any, Literal, Optional
+from typing import Optional
 
 from math_verify import parse, verify
 
 from stare_lit.errors import ConfigError, check
-from stare_lit.rewards.sandbox import Sandbox
 
 class Reward(ABC):
     """Scores completions; one value per completion, ``None`` where the reward does not apply.

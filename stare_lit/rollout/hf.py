@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import math
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
 
-from stare_lit.errors import check
 
 from stare_lit.rollout.base import Rollout, RolloutEngine, Sampling, encode_prompts, full_parameters, to_rollout
 

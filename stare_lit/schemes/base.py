@@ -15,15 +15,10 @@ checkpointed through ``state_dict()`` / ``load_state_dict()``; callbacks only wa
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
-from typing import Literal
 
-import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from stare_lit.ops.distributed import gather_valid, is_distributed
 from stare_lit.errors import check
 
 @dataclass

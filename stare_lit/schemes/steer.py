@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from stare_lit.ops.distributed import gather_valid, is_distributed
+from stare_lit.ops.distributed import gather_valid
 from stare_lit.errors import check
 
 from stare_lit.schemes.base import TokenBatch, TokenWeighting

@@ -114,3 +114,23 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def check_same_model(mine: dict[str, torch.Tensor], saved: dict[str, torch.Tensor] | None) -> None:
+    """One clear error, before Lightning's wall of size mismatches, when a checkpoint's ``state_dict``
+    (``saved``) holds another model than the module's own (``mine``)."""
+    if not saved:
+        return  # a sharded checkpoint: torch.distributed.checkpoint checks it while loading
+    missing = sorted(set(mine) - set(saved))
+    wrong = [(k, tuple(saved[k].shape), tuple(v.shape)) for k, v in mine.items()
+             if k in saved and tuple(saved[k].shape) != tuple(v.shape)]
+    if missing:
+        detail = f"{len(missing)} of this model's parameters are not in it, e.g. {missing[0]}"
+    elif wrong:
+        name, theirs, ours = wrong[0]
+        detail = f"{name} is {theirs} in the checkpoint, {ours} here"
+    else:
+        return
+    raise ConfigError(f"ckpt_path: the checkpoint holds another model than model.policy builds ({detail}); "
+                      "resume with the model.policy the run was started with")
+

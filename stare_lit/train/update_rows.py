@@ -11,10 +11,16 @@ longest of them.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
+from stare_lit.ops.distributed import all_reduce_sum, is_distributed
 from stare_lit.rollout.base import Rollout
+
+# log π and entropy (n, T) of the selected rows of the step's rollout, from the model being trained
+RowsPass = Callable[[slice | Tensor], tuple[Tensor, Tensor]]
 
 
 def inert_rows(advantages: Tensor, mask: Tensor, zero_advantage_inert: bool) -> Tensor:
@@ -62,3 +68,42 @@ def length_sorted_chunks(lengths: Tensor, size: int | None) -> list[Tensor]:
     order = torch.argsort(lengths, stable=True)
     size = size or max(len(order), 1)
     return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def forwarded(rows: Tensor, fallback: Tensor) -> Tensor:
+    """``rows`` (k,) indices, or ``fallback`` when this rank has none and another rank has some:
+    FSDP's collectives need every rank to run the same forwards. Every rank must call it."""
+    if not is_distributed():
+        return rows
+    anyone = all_reduce_sum(torch.tensor(float(len(rows) > 0), device=rows.device)).item() > 0
+    return fallback if anyone and len(rows) == 0 else rows
+
+
+@torch.no_grad()
+def skipped_rows_old(forward: RowsPass, shape: torch.Size, skip: Tensor) -> tuple[Tensor, Tensor]:
+    """log π_old and entropy (N, T) of the skipped rows (0 on the others), for the fused pass (μ = 1,
+    one micro-batch): the loss, the scheme's gate and the callbacks see every row."""
+    lp = torch.zeros(shape, device=skip.device)
+    ent = torch.zeros_like(lp)
+    idx = skip.nonzero().squeeze(-1)
+    fwd = forwarded(idx, fallback=idx.new_zeros(1))  # a fallback row's values are not kept
+    if len(fwd):
+        lp_fwd, ent_fwd = forward(fwd)
+        if len(idx):
+            lp[idx], ent[idx] = lp_fwd, ent_fwd
+    return lp, ent
+
+
+def micro_logprobs(forward: RowsPass, rows: slice, skip: Tensor, old: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """log π_θ and entropy (n, T) of one micro-batch: forwarded with grad for the rows that are not
+    skipped, π_old's values ``old`` ((N, T) each, constants) for the others."""
+    local = torch.arange(rows.start, rows.stop, device=skip.device)
+    active = forwarded(local[~skip[rows]], fallback=local[:1])
+    if len(active) == len(local):
+        return forward(rows)
+    base_lp, base_ent = old[0][rows], old[1][rows]
+    if len(active) == 0:
+        return base_lp, base_ent
+    lp, ent = forward(active)
+    return merge_rows(base_lp, active - rows.start, lp), merge_rows(base_ent, active - rows.start, ent)
+

@@ -35,7 +35,7 @@ import yaml
 from jsonargparse import ArgumentParser
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from stare_lit.train.checkpoint import check_checkpoint_file
+from stare_lit.train.checkpoint import check_checkpoint_file, check_same_model
 from stare_lit.errors import ConfigError, check
 from stare_lit.commands.export import read_policy_state
 from stare_lit.ops.metrics import sample_accuracy
@@ -161,7 +161,7 @@ def load_policy_weights(module: GRPOModule, ckpt_path: str) -> None:
     mine = module.model.state_dict()
     state = read_policy_state(Path(ckpt_path), mine)
     check(len(state) > 0, f"evaluate --ckpt_path: {ckpt_path} holds no policy weights (no model.* in its state_dict)")
-    module.check_same_model({f"model.{k}": v for k, v in state.items()})
+    check_same_model(module.state_dict(), {f"model.{k}": v for k, v in state.items()})
     module.model.load_state_dict(state)
 
 

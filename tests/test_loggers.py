@@ -14,7 +14,6 @@ TENSORBOARD = str(ROOT / "configs" / "loggers" / "tensorboard.yaml")
 
 
 def test_tensorboard_overlay_gets_scalars_and_histograms(tiny_model_dir, tmp_path, capsys):
-    pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     overlay = yaml.safe_load(Path(TENSORBOARD).read_text())  # the shipped overlay, writing under tmp_path

@@ -161,6 +161,7 @@ def test_stare_step_scope_with_micro_batches(tiny_policy, tmp_path):
     steps = metrics.dropna(subset=["train/loss"])
     assert (steps["train/frac_zero_std"] < 1).all() and (steps["train/grad_norm"] > 0).all()  # live steps
     assert (steps["scheme/positive_reweight_ratio"] > 0).all()  # the step-scope set reached the micro-batches
+    assert (steps["scheme/mean_weight"] > 1).all()  # and W = 1.1 was applied to it
 
 
 def test_mfu_is_logged_when_peak_flops_is_given(tiny_policy, tmp_path):

@@ -77,12 +77,16 @@ CASES = [(name, "fused") for name in SCHEMES] + [(name, setting) for name in ("s
 @pytest.mark.parametrize("name,setting", CASES)
 def test_skipping_leaves_loss_and_gradients_unchanged(tiny_policy, name, setting):
     kwargs = SETTINGS[setting]
-    loss_all, grads_all, tokens_all, _, _ = run(tiny_policy, False, SCHEMES[name](), **kwargs)
+    loss_all, grads_all, tokens_all, stats_all, _ = run(tiny_policy, False, SCHEMES[name](), **kwargs)
     loss, grads, tokens, stats, _ = run(tiny_policy, True, SCHEMES[name](), **kwargs)
     assert_live(REWARDS, tokens_all.advantages, tokens_all.mask, G)
     assert loss != 0 and all(sum(g[n].square().sum() for n in g if "after_step" not in n) > 1e-12 for g in grads_all)
     assert stats["rows_skipped"] == skipped_rows(tokens_all).float().mean().item() >= 5 / 16
     assert loss == loss_all
+    # The first update's ratio statistics: a skipped row enters with π_old's log-probs (ρ = 1), as the
+    # forwarded row does at the first update (its π_θ is π_old up to float rounding).
+    for key in ("ratio_mean", "approx_kl_old", "clip_frac"):
+        assert stats[key] == pytest.approx(stats_all[key], abs=1e-5), key
     assert len(grads) == len(grads_all)
     for g, g_all in zip(grads, grads_all):  # the gradients of each update, and the parameters after it
         for n in g_all:

@@ -36,8 +36,7 @@ from stare_lit.ops.distributed import all_reduce_sum  # noqa: E402
 from stare_lit.module import GRPOModule, LossSettings  # noqa: E402
 from stare_lit.train.policy import Policy  # noqa: E402
 from stare_lit.rewards.base import Reward  # noqa: E402
-from stare_lit.rollout.base import Rollout
-from stare_lit.rollout.base import Sampling  # noqa: E402
+from stare_lit.rollout.base import Rollout, Sampling  # noqa: E402
 from stare_lit.train.strategy import AtomicModelParallelStrategy  # noqa: E402
 
 PROMPTS = [f"{a}+{b}=" for a, b in [(123, 456), (234, 567), (345, 678), (456, 789),
@@ -69,14 +68,35 @@ def cat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
 
 
 class SeededRollouts(GRPOModule):
-    """GRPOModule whose rollout of a prompt does not depend on the other prompts in the batch."""
+    """GRPOModule whose rollout of a prompt does not depend on the other prompts in the batch.
+
+    ``replayed``: rollouts by "step:prompt" (``recorded`` of an earlier run, through a file): replayed
+    instead of sampled, so two runs that differ in precision train on identical tokens by construction.
+    """
+
+    replayed: dict | None = None
 
     def rollout(self, prompts, group_size, greedy=False, seed=None):  # seeds per prompt instead of per rollout
+        if not hasattr(self, "recorded"):
+            self.recorded = {}
         parts = []
         for p in prompts:
+            key = f"{self.global_step}:{p}"
+            if self.replayed is not None:
+                parts.append(self.replayed[key])  # a KeyError here: the run asked for a rollout never recorded
+                continue
             torch.manual_seed(zlib.crc32(p.encode()) + 1000 * self.global_step)
             parts.append(super().rollout([p], group_size, greedy))
+            self.recorded[key] = parts[-1]
         return cat_rollouts(parts, self.tokenizer.pad_token_id)
+
+
+def save_rollouts(rollouts: dict, path: str) -> None:
+    torch.save({k: vars(r) for k, r in rollouts.items()}, path)
+
+
+def load_rollouts(path: str) -> dict:
+    return {k: Rollout(**fields) for k, fields in torch.load(path, weights_only=False).items()}
 
 
 class Record(Callback):
@@ -180,7 +200,8 @@ def make_trainer(devices: int, steps: int, root: Path, record: Record, ckpt: Pat
 
 def run(model_dir: str, out: str | None, devices: int = 2, steps: int = 2, prompts_per_step: int = 4,
         max_new_tokens: int = 8, group_size: int = 4, beta: float = 0.05, ckpt: str | None = None,
-        gather: bool = True, mixed_precision: bool = False) -> dict:
+        gather: bool = True, mixed_precision: bool = False, save_rollouts_to: str | None = None,
+        replay: str | None = None) -> dict:
     if not gather:
         rollout_lib.full_parameters = no_gather
     L.seed_everything(0, verbose=False)
@@ -190,7 +211,10 @@ def run(model_dir: str, out: str | None, devices: int = 2, steps: int = 2, promp
     t0 = time.perf_counter()
     trainer = make_trainer(devices, steps, root, record, Path(ckpt) if ckpt else None)
     module = make_module(model_dir, max_new_tokens, group_size, beta, mixed_precision)
+    module.replayed = load_rollouts(replay) if replay else None
     trainer.fit(module, datamodule=data)
+    if save_rollouts_to is not None:  # one process: every prompt's rollout is here
+        save_rollouts(module.recorded, save_rollouts_to)
     result = {"devices": devices, "steps": list(record.steps), "seconds": time.perf_counter() - t0}
     if ckpt is not None:  # resume the sharded checkpoint in the same processes, one more step
         saved = Path(ckpt) / "last.ckpt"
@@ -222,11 +246,12 @@ def main() -> None:
     parser.add_argument("--ckpt", default=None, help="save a checkpoint here after --steps, then resume it")
     parser.add_argument("--no-gather", action="store_true", help="roll out without full_parameters (timing)")
     parser.add_argument("--mixed-precision", action="store_true", help="policy.fsdp_mixed_precision (bf16)")
+    parser.add_argument("--replay", default=None, help="train on the rollouts another run recorded (identical tokens)")
     a = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(1)  # one core per rank
     run(a.model, a.out, a.devices, a.steps, a.prompts_per_step, a.max_new_tokens, a.group_size, a.beta, a.ckpt,
-        gather=not a.no_gather, mixed_precision=a.mixed_precision)
+        gather=not a.no_gather, mixed_precision=a.mixed_precision, replay=a.replay)
 
 
 if __name__ == "__main__":

@@ -130,3 +130,16 @@ class RaisingScheme(GRPO):
 
     def weights(self, tokens):
         raise ZeroDivisionError("bug in user scheme")
+
+
+class MixedReward(Reward):
+    """1 when the completion's character codes sum to an odd number, else 0; 0 for every completion of a
+    prompt that holds a '9'.
+
+    A random tiny policy writes an odd sum about half the time, so most groups are mixed and their
+    advantages are not 0 (end-to-end tests then compare live gradients); a prompt with a '9' gives a
+    flat group by construction (what dynamic sampling and row skipping act on).
+    """
+
+    def __call__(self, prompts, completions, **columns):
+        return [0.0 if "9" in p else float(sum(map(ord, c)) % 2) for p, c in zip(prompts, completions)]

@@ -109,5 +109,5 @@ def test_group_size_below_two_raises(group_size):
 def test_rewards_not_divisible_by_group_size_raises():
     with pytest.raises(ConfigError, match="groups of 2"):
         group_advantages(torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0]), group_size=2)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="4 rewards do not split into groups of 3"):
         group_advantages(torch.tensor([1.0, 0.0, 1.0, 0.0]), group_size=3)

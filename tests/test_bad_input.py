@@ -8,6 +8,7 @@ Every row runs ``stare-lit fit`` in the folder of an earlier good run and checks
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -148,7 +149,7 @@ def earlier_run(tmp_path_factory, tiny_model_dir):
 def test_bad_input_fails_with_one_line_and_loses_nothing(earlier_run, extra, expected, capsys):
     tiny_model_dir, folder, written = earlier_run
     args = fit_args(tiny_model_dir, folder, *(a.format(folder=folder) for a in extra))
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit, match=re.escape(expected)) as exit_info:
         main(args)
     message = exit_info.value.code
     captured = capsys.readouterr()
@@ -178,7 +179,7 @@ USER_CODE = [
 @pytest.mark.parametrize("extra,header,detail", [c[1:] for c in USER_CODE], ids=[c[0] for c in USER_CODE])
 def test_user_code_that_raises_keeps_its_traceback(earlier_run, extra, header, detail, capsys):
     tiny_model_dir, folder, written = earlier_run
-    with pytest.raises(BaseException) as raised:
+    with pytest.raises(BaseException, match=re.escape(detail)) as raised:
         main(fit_args(tiny_model_dir, folder, *extra))
     err = capsys.readouterr().err
     assert f"stare-lit: {header}" in err, err[-2000:]

@@ -17,8 +17,9 @@ from callbacks.report import moving_average
 from stare_lit.errors import ConfigError
 from stare_lit.module import GRPOModule
 from stare_lit.rollout.base import Sampling
-from stare_lit.data.tasks.arithmetic import ArithmeticDataModule, ArithmeticReward
+from stare_lit.data.tasks.arithmetic import ArithmeticDataModule
 from stare_lit.schemes.stare import STARE
+from tests.helpers import MixedReward
 from tests.test_callbacks import fit
 from tests.test_callbacks_forecast import SHORT, SHORT_SETTINGS, trace_outputs
 
@@ -81,7 +82,7 @@ def test_report_bad_settings(kwargs, setting):
 def test_entropy_callbacks_on_the_grpo_module(tiny_policy, tmp_path):
     """Two real steps of GRPO + STARE with all three callbacks: they read the real training_step output."""
     L.seed_everything(0)
-    module = GRPOModule(policy=tiny_policy, rewards=[ArithmeticReward()], group_size=4,
+    module = GRPOModule(policy=tiny_policy, rewards=[MixedReward()], group_size=4,  # mixed groups: live steps
                         sampling=Sampling(max_new_tokens=8), scheme=STARE(target_entropy=100.0),  # gate open
                         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3))
     data = ArithmeticDataModule(batch_size=2, num_train_prompts=16, num_val_prompts=4)
@@ -100,5 +101,9 @@ def test_entropy_callbacks_on_the_grpo_module(tiny_policy, tmp_path):
     assert report.history["gate_on"] == [1.0, 1.0]
     logged = {k: float(v) for k, v in trainer.logged_metrics.items()}
     assert logged["entropy_monitor/entropy_mean"] == pytest.approx(logged["train/entropy"], rel=1e-5)
+    assert logged["train/frac_zero_std"] < 1 and logged["train/grad_norm"] > 0  # a live step
     for name in ("entropy_change_pred", "entropy_change_pred_reweight", "entropy_position_1of4", "forking_token_share"):
         assert math.isfinite(logged[f"entropy_monitor/{name}"]), name
+    # Both predictions sum Â·ω·π(a)·(s − H) over tokens (stare_lit.ops.entropy_dynamics): 0 on a flat batch.
+    assert logged["entropy_monitor/entropy_change_pred"] != 0.0
+    assert logged["entropy_monitor/entropy_change_pred_reweight"] != 0.0

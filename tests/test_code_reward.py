@@ -283,7 +283,7 @@ def test_stdio_tests():
 def test_rows_without_tests_are_unscorable_and_bad_tests_are_errors():
     r = reward()
     assert r(["p", "p"], [CORRECT, CORRECT], tests=[[], None]) == [None, None]
-    with pytest.raises(SyntaxError):
+    with pytest.raises(SyntaxError, match="invalid syntax"):
         r(["p"], [CORRECT], tests=[["assert add(1, 1) =="]])
     with pytest.raises(ConfigError, match="tests_column='checks'"):
         CodeTestReward(tests_column="checks")(["p"], [CORRECT], tests=[TESTS])

@@ -45,7 +45,7 @@ def _ids(ds) -> list[int]:
 def test_collate_prompts_makes_aligned_column_lists():
     rows = [{"prompt": "1+1=", "answer": "2", "id": 0}, {"prompt": "2+3=", "answer": "5", "id": 1}]
     assert collate_prompts(rows) == {"prompt": ["1+1=", "2+3="], "answer": ["2", "5"], "id": [0, 1]}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="got no rows"):
         collate_prompts([])
     with pytest.raises(ValueError, match="different keys"):
         collate_prompts([{"prompt": "a"}, {"prompt": "b", "answer": "c"}])

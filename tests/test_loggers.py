@@ -14,7 +14,6 @@ TENSORBOARD = str(ROOT / "configs" / "loggers" / "tensorboard.yaml")
 
 
 def test_tensorboard_overlay_gets_scalars_and_histograms(tiny_model_dir, tmp_path, capsys):
-    pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     overlay = yaml.safe_load(Path(TENSORBOARD).read_text())  # the shipped overlay, writing under tmp_path
@@ -43,7 +42,7 @@ def test_tensorboard_overlay_gets_scalars_and_histograms(tiny_model_dir, tmp_pat
 ])
 def test_wandb_and_mlflow_lines_parse(logger, capsys):
     """The README's one-line loggers are valid settings (running them needs `pip install wandb` / `mlflow`)."""
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit, match=r"^0?$") as exit_info:  # status 0 (or None): a clean exit
         main(["fit", "--config", str(ROOT / "configs" / "arithmetic_stare.yaml"), "--trainer.logger", logger,
               "--print_config"])
     assert exit_info.value.code in (0, None)

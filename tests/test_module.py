@@ -12,9 +12,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from stare_lit.module import GRPOModule, LossSettings
+from stare_lit.train.policy import Policy
 from stare_lit.rollout.base import Sampling
 from stare_lit.data.tasks.arithmetic import ArithmeticDataModule, ArithmeticReward
 from stare_lit.schemes.stare import STARE
+from tests.helpers import MixedReward
+from tests.live import assert_live, assert_same_update, live_module, step_once
 
 
 def make_module(policy, **kwargs) -> GRPOModule:
@@ -37,26 +40,39 @@ def fit(module, tmp_path, steps=2, callbacks=(), **trainer_kwargs) -> tuple[L.Tr
 
 def test_two_steps_with_stare_log_everything(tiny_policy, tmp_path):
     scheme = STARE(target_entropy=100.0, top_ratio=0.5, w=1.5)  # gate always open
-    trainer, metrics = fit(make_module(tiny_policy, scheme=scheme), tmp_path, steps=2)
+    trainer, metrics = fit(make_module(tiny_policy, scheme=scheme, rewards=[MixedReward()]), tmp_path, steps=2)
     assert trainer.global_step == 2
     steps = metrics.dropna(subset=["train/loss"])
     assert len(steps) == 2
+    assert (steps["train/frac_zero_std"] < 1).all() and (steps["train/grad_norm"] > 0).all()  # live steps
+    assert (steps["scheme/mean_weight"] > 1).all() and (steps["scheme/positive_reweight_ratio"] > 0).all()
     for column in ["train/reward", "train/entropy", "train/surprisal", "train/clip_frac", "train/grad_norm",
                    "train/trained_tokens_per_s", "train/generated_tokens_per_s",
-                   "scheme/gate_on", "scheme/mean_weight", "reward/arithmetic_reward", "time/generate_s"]:
+                   "scheme/gate_on", "scheme/mean_weight", "reward/mixed_reward", "time/generate_s"]:
         assert steps[column].notna().all(), column
     assert (steps["scheme/gate_on"] == 1.0).all()
     assert (steps["train/entropy"] > 0).all()
     assert scheme.entropy == pytest.approx(steps["train/entropy"].iloc[-1], rel=1e-5)
 
 
-def test_micro_batches_and_old_pass_give_the_fused_loss(tiny_policy, tmp_path):
-    """μ=1 fused (one forward) vs an explicit old pass + 4 micro-batches: same rollout, same loss."""
-    fused = fit(make_module(tiny_policy), tmp_path / "a", steps=1)[1]
-    split = fit(make_module(tiny_policy, micro_batch_size=4), tmp_path / "b", steps=1)[1]
-    assert split["train/reward"].iloc[0] == fused["train/reward"].iloc[0]  # same samples
-    assert split["train/loss"].iloc[0] == pytest.approx(fused["train/loss"].iloc[0], abs=1e-6)
-    assert split["train/grad_norm"].iloc[0] == pytest.approx(fused["train/grad_norm"].iloc[0], rel=1e-4)
+def test_micro_batches_and_old_pass_give_the_fused_loss(tiny_policy):
+    """One live step three ways on the same rollout: μ=1 fused (one forward), an explicit old pass + 4
+    micro-batches, and an explicit old pass + one micro-batch (μ=2, its first update). Same loss, same
+    gradients, same parameters after the optimizer step (float32 sums in another order: rtol 1e-4)."""
+    fused = step_once(live_module(tiny_policy))
+    micro = step_once(live_module(tiny_policy, micro_batch_size=4))
+    old_pass = step_once(live_module(tiny_policy, updates_per_batch=2))
+    out = fused.outputs
+    assert_live(out["rewards"], out["advantages"], out["mask"])
+    assert fused.stats["grad_norm"] > 0 and fused.stats["loss"] != 0
+    for other in (micro, old_pass):
+        assert torch.equal(other.outputs["rewards"], out["rewards"])  # same samples
+        assert other.stats["loss"] == pytest.approx(fused.stats["loss"], rel=1e-5, abs=1e-7)
+        assert other.stats["grad_norm"] == pytest.approx(fused.stats["grad_norm"], rel=1e-4)
+        assert_same_update(fused, other)
+    # On-policy, ρ = 1: the token-mean loss is −Σ Â / (loss tokens), computed here from the step's own tensors.
+    mask = out["mask"]
+    assert fused.stats["loss"] == pytest.approx(-(out["advantages"] * mask).sum().item() / mask.sum().item(), rel=1e-5)
 
 
 def test_several_updates_per_batch_count_optimizer_steps(tiny_policy, tmp_path):
@@ -65,13 +81,20 @@ def test_several_updates_per_batch_count_optimizer_steps(tiny_policy, tmp_path):
     assert metrics["train/loss"].notna().sum() == 2
 
 
-def test_kl_to_reference_builds_a_frozen_reference(tiny_policy, tmp_path):
-    module = make_module(tiny_policy, loss=LossSettings(beta=0.1))
-    _, metrics = fit(module, tmp_path, steps=2)
+def test_kl_to_reference_builds_a_frozen_reference(tiny_model_dir):
+    """β = 0.1 on live steps: the reference is frozen and not checkpointed; KL is 0 while π_θ = π_ref (step 1)
+    and > 0 after a live update (step 2), where the loss is the surrogate plus β·KL."""
+    module = live_module(Policy(name_or_path=tiny_model_dir), loss=LossSettings(beta=0.1))
+    run = step_once(module, steps=2)
     ref = module._ref_model[0]
     assert ref is not None and not any(p.requires_grad for p in ref.parameters())
-    kl = metrics["train/kl"].dropna()
-    assert len(kl) == 2 and (kl >= 0).all()
+    first, second = run.history
+    assert first["kl"] == 0.0 and first["grad_norm"] > 0  # the first update moves π_θ away from π_ref
+    out = run.outputs
+    assert_live(out["rewards"], out["advantages"], out["mask"])
+    assert second["kl"] > 1e-6
+    surrogate = -(out["advantages"] * out["mask"]).sum().item() / out["mask"].sum().item()  # on-policy: ρ = 1
+    assert second["loss"] == pytest.approx(surrogate + 0.1 * second["kl"], rel=1e-5)
     assert not any(k.startswith("_ref") for k in module.state_dict())  # not checkpointed
 
 
@@ -131,9 +154,14 @@ def test_resume_restores_stare_state(tiny_policy, tmp_path):
 
 def test_stare_step_scope_with_micro_batches(tiny_policy, tmp_path):
     scheme = STARE(target_entropy=100.0, top_ratio=0.5, scope="step")
-    trainer, metrics = fit(make_module(tiny_policy, scheme=scheme, micro_batch_size=4), tmp_path, steps=2)
+    trainer, metrics = fit(make_module(tiny_policy, scheme=scheme, micro_batch_size=4, rewards=[MixedReward()]),
+                           tmp_path, steps=2)
     assert trainer.global_step == 2
     assert (metrics["scheme/gate_on"].dropna() == 1.0).all()
+    steps = metrics.dropna(subset=["train/loss"])
+    assert (steps["train/frac_zero_std"] < 1).all() and (steps["train/grad_norm"] > 0).all()  # live steps
+    assert (steps["scheme/positive_reweight_ratio"] > 0).all()  # the step-scope set reached the micro-batches
+    assert (steps["scheme/mean_weight"] > 1).all()  # and W = 1.1 was applied to it
 
 
 def test_mfu_is_logged_when_peak_flops_is_given(tiny_policy, tmp_path):

@@ -28,9 +28,9 @@ def test_pass_at_1_is_the_mean_and_not_max_over_k():
 
 
 def test_bad_arguments_raise():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="got n=4, c=5, k=1"):
         pass_at_k(4, 5, 1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="got n=4, c=1, k=5"):
         pass_at_k(4, 1, 5)
 
 
@@ -51,5 +51,5 @@ def test_sample_accuracy_by_hand():
     assert out["pass@2"] == pytest.approx((1.0 + 0.5) / 2)  # c=3: 1 − C(1,2)/C(4,2) = 1; c=1: 0.5
     assert out["pass@4"] == pytest.approx(1.0)
     assert out["distinct_correct"] == pytest.approx((2 + 1) / 2)  # {a, c} and {w}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="the same number of samples"):
         sample_accuracy([[True], [True, False]])

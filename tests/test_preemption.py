@@ -104,7 +104,7 @@ def test_signal_saves_last_ckpt_and_the_resumed_run_matches(uninterrupted, tiny_
 
 def test_sigusr1_in_process_saves_and_exits_138(tiny_model_dir, tmp_path, capsys):
     """SLURM's ``--signal=USR1@90``: the same stop, here sent by the process to itself during step 2."""
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit, match=f"^{128 + signal.SIGUSR1}$") as exit_info:
         main(args(tiny_model_dir, tmp_path, waiter(tmp_path, 2, send=int(signal.SIGUSR1)), "--trainer.max_steps", "3"))
     assert exit_info.value.code == 128 + signal.SIGUSR1
     last = tmp_path / "version_0" / "checkpoints" / "last.ckpt"
@@ -126,7 +126,7 @@ def test_slurm_auto_requeue_saves_the_hpc_checkpoint_at_the_step_end_and_requeue
                        "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}.items():
         monkeypatch.setenv(key, value)
     run = tmp_path / "run"
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit, match=f"^{128 + signal.SIGUSR1}$") as exit_info:
         main(args(tiny_model_dir, run, waiter(tmp_path, 2, send=int(signal.SIGUSR1)), "--trainer.max_steps", "3"))
     assert exit_info.value.code == 128 + signal.SIGUSR1
     assert (tmp_path / "scontrol.args").read_text().split() == ["requeue", "4242"]

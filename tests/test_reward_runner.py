@@ -134,7 +134,7 @@ def test_in_process_non_number(marker, shown):
 
 def test_long_prompts_are_shown_by_both_ends():
     prompt = "Solve the following problem; put the answer in a box. " * 5 + "What is 12+7?"
-    with pytest.raises(RewardError) as caught:
+    with pytest.raises(RewardError, match="of the batch: ") as caught:
         in_process(ScriptedReward())([prompt], ["RAISE"], {})
     excerpt = str(caught.value).split("of the batch: ")[1].split("); fix")[0]
     assert len(excerpt) <= 80 and excerpt.startswith("'Solve the") and excerpt.endswith("12+7?'")

@@ -16,6 +16,7 @@ from stare_lit.data.tasks.arithmetic import ArithmeticReward
 from stare_lit.schemes.base import GRPO, Compose
 from stare_lit.schemes.stare import STARE
 from stare_lit.schemes.steer import STEER
+from tests.live import assert_live
 
 G = 4
 # 4 prompts × G: group 1 flat (Â = 0), row 13 unscorable, the rest mixed
@@ -23,11 +24,14 @@ REWARDS = torch.tensor([1., 0., 0., 1., 1., 1., 1., 1., 0., 1., 0., 0., 1., floa
 
 
 def run(policy, skip: bool, scheme, **kwargs):
-    """module.learn on a fixed rollout; returns (logged loss, per-step gradients, tokens, stats, forwards)."""
+    """module.learn on a fixed rollout; returns (logged loss, per-step gradients, tokens, stats, forwards).
+
+    Plain SGD: the parameters after a step are p − lr·g, so they compare as tightly as the gradients
+    (Adam's first step, lr·g/|g|, would blow a rounding difference in a near-zero gradient up to ±lr)."""
     torch.manual_seed(0)
     module = GRPOModule(policy=policy, rewards=[ArithmeticReward()], group_size=G, scheme=scheme,
                         sampling=Sampling(max_new_tokens=8, temperature=0.9), skip_inert_rows=skip,
-                        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2), **kwargs)
+                        optimizer=lambda params: torch.optim.SGD(params, lr=0.1), **kwargs)
     module.configure_model()
     optimizer = module.configure_optimizers()
     module.optimizers = lambda: optimizer
@@ -39,6 +43,7 @@ def run(policy, skip: bool, scheme, **kwargs):
         grads.append({n: p.grad.clone() for n, p in module.model.named_parameters()})
         opt.step()
         opt.zero_grad(set_to_none=True)
+        grads[-1] = {**grads[-1], **{f"after_step/{n}": p.detach().clone() for n, p in module.model.named_parameters()}}
         return 0.0
 
     module.clip_and_step = step
@@ -72,12 +77,18 @@ CASES = [(name, "fused") for name in SCHEMES] + [(name, setting) for name in ("s
 @pytest.mark.parametrize("name,setting", CASES)
 def test_skipping_leaves_loss_and_gradients_unchanged(tiny_policy, name, setting):
     kwargs = SETTINGS[setting]
-    loss_all, grads_all, tokens_all, _, _ = run(tiny_policy, False, SCHEMES[name](), **kwargs)
+    loss_all, grads_all, tokens_all, stats_all, _ = run(tiny_policy, False, SCHEMES[name](), **kwargs)
     loss, grads, tokens, stats, _ = run(tiny_policy, True, SCHEMES[name](), **kwargs)
+    assert_live(REWARDS, tokens_all.advantages, tokens_all.mask, G)
+    assert loss != 0 and all(sum(g[n].square().sum() for n in g if "after_step" not in n) > 1e-12 for g in grads_all)
     assert stats["rows_skipped"] == skipped_rows(tokens_all).float().mean().item() >= 5 / 16
     assert loss == loss_all
+    # The first update's ratio statistics: a skipped row enters with π_old's log-probs (ρ = 1), as the
+    # forwarded row does at the first update (its π_θ is π_old up to float rounding).
+    for key in ("ratio_mean", "approx_kl_old", "clip_frac"):
+        assert stats[key] == pytest.approx(stats_all[key], abs=1e-5), key
     assert len(grads) == len(grads_all)
-    for g, g_all in zip(grads, grads_all):
+    for g, g_all in zip(grads, grads_all):  # the gradients of each update, and the parameters after it
         for n in g_all:
             torch.testing.assert_close(g[n], g_all[n], rtol=1e-4, atol=1e-6, msg=n)
     # the callbacks see every row: π_old's values, the scheme's advantages, mask and weights

@@ -244,3 +244,51 @@ def test_stare_step_scope_selects_over_the_whole_step_batch():
     assert step.weights(row1).tolist() == [[2.0, 2.0, 2.0]]
     micro = STARE(top_ratio=0.34, w=2.0)  # k = int(0.34·3 + 0.999999) = 2 within row 0
     assert micro.weights(row0).tolist() == [[1.0, 2.0, 2.0]]
+
+
+# ---- end to end, on a live step (tests/live.py): the scope matters where micro-batches split the step
+
+def _stare(scope: str) -> STARE:
+    return STARE(target_entropy=100.0, top_ratio=0.3, w=2.0, m=0.5, variant="C2", scope=scope)  # gate open
+
+
+def _k(n: int, top_ratio: float = 0.3) -> int:
+    return 0 if n == 0 else min(max(1, int(n * top_ratio + 0.999999)), n)
+
+
+def test_step_and_micro_batch_scope_agree_on_one_micro_batch(tiny_policy):
+    """μ = 2 (an explicit old pass), one micro-batch: at the first update π_θ = π_old, so ranking the step by
+    π_old (step) and the micro-batch by π_θ (micro_batch) pick the same sets: same ω, loss and update."""
+    from tests.live import assert_live, assert_same_update, live_module, step_once
+
+    step = step_once(live_module(tiny_policy, scheme=_stare("step"), updates_per_batch=2))
+    micro = step_once(live_module(tiny_policy, scheme=_stare("micro_batch"), updates_per_batch=2))
+    grpo = step_once(live_module(tiny_policy, updates_per_batch=2))
+    out = step.outputs
+    assert_live(out["rewards"], out["advantages"], out["mask"])
+    mask = out["mask"]
+    w = out["weights"][mask]
+    t_pos, t_neg = mask & (out["advantages"] > 0), mask & (out["advantages"] < 0)
+    assert (w == 2.0).sum() == _k(int(t_pos.sum())) and (w == 0.5).sum() == _k(int(t_neg.sum())) > 0
+    assert torch.equal(out["weights"], micro.outputs["weights"])
+    assert step.stats["loss"] == pytest.approx(micro.stats["loss"], rel=1e-6)
+    assert_same_update(step, micro)
+    assert step.stats["loss"] != pytest.approx(grpo.stats["loss"], rel=1e-3)  # the weights changed the loss
+
+
+def test_step_and_micro_batch_scope_differ_across_micro_batches(tiny_policy):
+    """4 micro-batches of one group: step scope picks k = ⌈P·|T+|⌉ of the whole step, micro-batch scope
+    ⌈P·|T+ of the micro-batch|⌉ in each — different sets, different losses."""
+    from tests.live import assert_live, live_module, step_once
+
+    step = step_once(live_module(tiny_policy, scheme=_stare("step"), micro_batch_size=4))
+    micro = step_once(live_module(tiny_policy, scheme=_stare("micro_batch"), micro_batch_size=4))
+    out = step.outputs
+    assert_live(out["rewards"], out["advantages"], out["mask"])
+    assert torch.equal(out["rewards"], micro.outputs["rewards"])  # the same rollout
+    t_pos = out["mask"] & (out["advantages"] > 0)
+    assert int((out["weights"][out["mask"]] == 2.0).sum()) == _k(int(t_pos.sum()))
+    per_micro = sum(_k(int(t_pos[i:i + 4].sum())) for i in range(0, len(t_pos), 4))
+    assert int((micro.outputs["weights"][out["mask"]] == 2.0).sum()) == per_micro
+    assert not torch.equal(out["weights"], micro.outputs["weights"])
+    assert step.stats["grad_norm"] > 0 and step.stats["loss"] != pytest.approx(micro.stats["loss"], rel=1e-4)

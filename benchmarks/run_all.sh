@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Re-run every benchmark that needs no GPU, one at a time, on this tree (issue 19, item 3).
 #   bash benchmarks/run_all.sh            # from the repository root, with the venv that has ".[bench]"
+#   ONLY="code_reward_cost rollout" bash benchmarks/run_all.sh   # a subset, by result name
 # Fits in ~25 min on 2 idle CPU cores (sizes cut from the scripts' defaults, listed below). Each results
 # file gets the `uptime` before and after its benchmark and the benchmark's wall time appended; the
 # total is printed at the end. Run it on a machine with nothing else running: the load is in every file.
@@ -15,6 +16,7 @@ export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASE
 start=$(date +%s)
 bench() {  # bench RESULT_NAME command... : run it, then append uptime before/after and its wall time
   local name=$1; shift
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi  # ONLY="rollout overhead": a subset
   local before t0 rc; before=$(uptime); t0=$(date +%s)
   echo "== $name: $* (uptime: $before)"
   "$@" > "/tmp/run_all_$name.log" 2>&1; rc=$?

@@ -104,6 +104,24 @@ class GenerateTimer:
         return out
 
 
+class RolloutTimer(GenerateTimer):
+    """Wraps ``module.rollout`` (stare-lit's engine: FastRollout by default, which never calls ``generate``):
+    time inside it and completion tokens out of it (EOS included, as ``completion_lengths`` counts)."""
+
+    def __init__(self, module) -> None:  # noqa: D107 - no generate to wrap
+        self.seconds, self.tokens = 0.0, 0
+        inner = module.rollout
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = inner(*args, **kwargs)
+            self.seconds += time.perf_counter() - t0
+            self.tokens += int(out.completion_mask.sum())
+            return out
+
+        module.rollout = timed
+
+
 def partial_sums_reward_fn(prompts, completions, **_):
     """TRL-style reward function around stare-lit's PartialSumsReward (same scores)."""
     from stare_lit.data.tasks.partial_sums import PartialSumsReward
@@ -159,7 +177,7 @@ def worker_stare(a) -> dict:
             self.steps: list[dict] = []
 
         def on_train_start(self, trainer, module) -> None:
-            self.gen = GenerateTimer(module.model, module.tokenizer.eos_token_id)
+            self.gen = RolloutTimer(module)
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
             baton.wait()
@@ -412,7 +430,7 @@ def main() -> None:
     forking = a.task == "partial_sums"
     a.max_new_tokens = a.max_new_tokens or (36 if forking else 40)
     a.lr = a.lr or (3e-4 if forking else 1e-4)
-    if forking and not a.model:
+    if forking and not a.model and not a.worker:
         p.error("--task partial_sums needs --model (the task's warm start: stare-lit warmstart --task partial_sums, "
                 "then --model artifacts/sums-warmstart)")
     if a.worker:

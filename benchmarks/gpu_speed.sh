@@ -8,8 +8,9 @@
 #    (configs/fsdp_gpu_smoke.yaml) resumed from step 10, compared step by step (needs
 #    artifacts/arith-warmstart: made here with `stare-lit warmstart` if missing, ~1-2 min).
 # 3. Only if 1 and 2 passed: benchmarks/gpu_speed.py (FastRollout vs HF generate at 64 x 256 tokens,
-#    update MFU and peak memory on a Qwen2-0.5B shape), stopped after SPEED_TIMEOUT s (default 300).
-# Whole script: about 8-9 min on an H200 (estimate: it has never run; the first run is the check).
+#    update MFU and peak memory on a Qwen2-0.5B shape), stopped after SPEED_TIMEOUT s (default 240).
+# Whole script: about 7-9 min on an H200 (an estimate: it has never run). Under a 10-min limit per command,
+# bring artifacts/arith-warmstart along (it is git-ignored) so step 2 does not have to make it first.
 set -uo pipefail
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
@@ -42,7 +43,7 @@ PY
   echo "exit: $c2"
   if [ "$c1" = 0 ] && [ "$c2" = 0 ]; then
     echo "== 3. speed: \$ $py benchmarks/gpu_speed.py"
-    timeout "${SPEED_TIMEOUT:-300}" "$py" benchmarks/gpu_speed.py
+    timeout "${SPEED_TIMEOUT:-240}" "$py" benchmarks/gpu_speed.py
     echo "exit: $?"
   else
     echo "== 3. speed: NOT RUN (a correctness check failed above)"

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks.common import (emit, fmt, header, median, peak_rss_mib, rss_mib, run_worker,  # noqa: E402
+from benchmarks.common import (emit, fmt, header, median, spread, peak_rss_mib, rss_mib, run_worker,  # noqa: E402
                                table, write_result)
 
 HIDDEN = 1024  # of the fused reference's hidden states
@@ -125,6 +125,9 @@ FROM_HIDDEN = {"fused": fused, "head": head, "naive-head": naive_head}  # inputs
 
 
 def worker(a) -> dict:
+    if "@" in a.variant:  # "head@64": the variant at its own chunk size (to alternate chunk sizes in one run)
+        a.variant, chunk = a.variant.split("@")
+        a.chunk = int(chunk)
     torch.manual_seed(0)
     B, T = a.B, a.T
     ids = torch.randint(0, a.vocab_size, (B, T))
@@ -168,7 +171,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="fresh processes per (variant, vocab, mode)")
     p.add_argument("--iters", type=int, default=2, help="timed passes per process (after one warm-up)")
     p.add_argument("--variants", nargs="+", default=["naive", "chunked", "head", "naive-head"],
-                   choices=["naive", "chunked", "chunked-checkpoint", "fused", "head", "naive-head"])
+                   help="naive chunked chunked-checkpoint fused head naive-head; NAME@C runs NAME at a chunk of C rows "
+                        "(e.g. head@1024 head@55: chunk sizes alternating in one run)")
     p.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
     p.add_argument("--name", default="memory", help="results/NAME.md is written")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default); see vs_trl.py")
@@ -177,6 +181,10 @@ def main() -> None:
     p.add_argument("--mode", help=argparse.SUPPRESS)
     p.add_argument("--vocab-size", type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
+    known = {"naive", "chunked", "chunked-checkpoint", "fused", "head", "naive-head"}
+    for v in a.variants:
+        if v.split("@")[0] not in known or ("@" in v and not v.split("@")[1].isdigit()):
+            p.error(f"--variants: {v!r} is not one of {sorted(known)} (optionally NAME@CHUNK)")
     a.B, a.T = map(int, a.rows.lower().split("x"))
     if a.worker:
         if a.threads:
@@ -210,13 +218,13 @@ def main() -> None:
                 t_ratio = f"{t / median([x['time_s'] for x in ref]):.2f}" if ref else ""
                 m_ratio = f"{m / median([x['peak_above_inputs_mib'] for x in ref]):.3f}" if ref else ""
                 rows.append([f"{vocab:,}", mode, variant, fmt(median([x["inputs_mib"] for x in rs])), fmt(m),
-                             m_ratio, f"{t:.3f}", t_ratio, fmt(median([x["peak_mib"] for x in rs]))])
+                             m_ratio, spread([x["time_s"] for x in rs]), t_ratio, fmt(median([x["peak_mib"] for x in rs]))])
     md = [header("Log-prob + entropy pass: chunked vs naive")]
     md.append(f"- batch: B×T = {a.B}×{a.T} = {a.B * a.T} positions, fp32, chunk {a.chunk} rows; {a.repeats} fresh "
               f"processes per cell (variants alternating), {a.iters} timed passes each; torch threads: "
               f"{a.threads or 'default'}\n")
     md.append(table(["vocab", "mode", "variant", "inputs held (MiB)", "peak above inputs (MiB)", "memory / naive",
-                     "time (s)", "time / naive", "process peak RSS (MiB)"], rows))
+                     "time (s), median (min–max)", "time / naive", "process peak RSS (MiB)"], rows))
     text = "\n".join(md) + "\n"
     print("\n" + text)
     print(f"written to {write_result(a.name, text)}")

@@ -120,8 +120,8 @@ def run_scheme(path: str, a, model_dir: str, rows: list[dict], cached: dict) -> 
                         loss=LossSettings(), optimizer=partial(torch.optim.AdamW, lr=a.lr, weight_decay=0.0))
     real_rollout = module.rollout
 
-    def rollout_then_cached(prompts, group_size, greedy=False):
-        real_rollout(prompts, group_size, greedy)  # the real cost of a step's generation ...
+    def rollout_then_cached(prompts, group_size, greedy=False, seed=None):
+        real_rollout(prompts, group_size, greedy, seed=seed)  # the real cost of a step's generation ...
         return cached["rollout"]  # ... but every scheme trains on the same completions
 
     clock.wrap(module, "rollout", "generate", rollout_then_cached)

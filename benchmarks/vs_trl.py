@@ -62,7 +62,13 @@ ADVANTAGE_EPS = 1e-4  # TRL hard-codes (std + 1e-4); stare-lit's advantage_eps d
 
 
 # ---------------------------------------------------------------- shared setup
-def prompt_rows(n: int, seed: int, min_digits: int = 3, max_digits: int = 3) -> list[dict]:
+def prompt_rows(n: int, seed: int, min_digits: int = 3, max_digits: int = 3, task: str = "arithmetic") -> list[dict]:
+    if task == "partial_sums":  # the forking task's training prompts, as its data module draws them
+        from stare_lit.data.tasks.partial_sums import PartialSumsDataModule
+
+        data = PartialSumsDataModule(batch_size=1, num_train_prompts=max(n, 1))
+        data.setup("fit")
+        return data.train_rows[:n]
     from stare_lit.data.tasks.arithmetic import as_row, sample_problems
 
     return [as_row(a, b) for a, b in sample_problems(n, min_digits, max_digits, seed)]
@@ -98,6 +104,42 @@ class GenerateTimer:
         return out
 
 
+class RolloutTimer(GenerateTimer):
+    """Wraps ``module.rollout`` (stare-lit's engine: FastRollout by default, which never calls ``generate``):
+    time inside it and completion tokens out of it (EOS included, as ``completion_lengths`` counts)."""
+
+    def __init__(self, module) -> None:  # noqa: D107 - no generate to wrap
+        self.seconds, self.tokens = 0.0, 0
+        inner = module.rollout
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = inner(*args, **kwargs)
+            self.seconds += time.perf_counter() - t0
+            self.tokens += int(out.completion_mask.sum())
+            return out
+
+        module.rollout = timed
+
+
+def partial_sums_reward_fn(prompts, completions, **_):
+    """TRL-style reward function around stare-lit's PartialSumsReward (same scores)."""
+    from stare_lit.data.tasks.partial_sums import PartialSumsReward
+
+    return PartialSumsReward()(prompts, completions)
+
+
+def task_reward(task: str):
+    """(stare-lit reward, TRL reward function) of a task."""
+    if task == "partial_sums":
+        from stare_lit.data.tasks.partial_sums import PartialSumsReward
+
+        return PartialSumsReward(), partial_sums_reward_fn
+    from stare_lit.data.tasks.arithmetic import ArithmeticReward
+
+    return ArithmeticReward(), arithmetic_reward_fn
+
+
 def arithmetic_reward_fn(prompts, completions, answer, **_):
     """TRL-style reward function around stare-lit's ArithmeticReward (same scores)."""
     from stare_lit.data.tasks.arithmetic import ArithmeticReward
@@ -129,14 +171,13 @@ def worker_stare(a) -> dict:
     from stare_lit.module import GRPOModule, LossSettings
     from stare_lit.train.policy import Policy
     from stare_lit.rollout.base import Sampling
-    from stare_lit.data.tasks.arithmetic import ArithmeticReward
 
     class StepTimer(L.Callback):
         def __init__(self) -> None:
             self.steps: list[dict] = []
 
         def on_train_start(self, trainer, module) -> None:
-            self.gen = GenerateTimer(module.model, module.tokenizer.eos_token_id)
+            self.gen = RolloutTimer(module)
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
             baton.wait()
@@ -152,9 +193,9 @@ def worker_stare(a) -> dict:
     baton = Baton(a.ready_fd)
     L.seed_everything(a.seed, verbose=False)
     total = a.warmup + a.steps
-    rows = prompt_rows(total * a.prompts, a.seed)
+    rows = prompt_rows(total * a.prompts, a.seed, task=a.task)
     module = GRPOModule(
-        policy=Policy(name_or_path=a.model_dir), rewards=[ArithmeticReward()], group_size=a.group_size,
+        policy=Policy(name_or_path=a.model_dir), rewards=[task_reward(a.task)[0]], group_size=a.group_size,
         sampling=Sampling(temperature=1.0, max_new_tokens=a.max_new_tokens),
         loss=LossSettings(clip_low=0.2, clip_high=0.28, agg="token-mean"), advantage_eps=ADVANTAGE_EPS,
         grad_clip=1.0, optimizer=partial(torch.optim.AdamW, lr=a.lr, weight_decay=0.0))
@@ -198,12 +239,12 @@ def worker_trl(a) -> dict:
     baton = Baton(a.ready_fd)
     set_seed(a.seed)
     total = a.warmup + a.steps
-    rows = prompt_rows(total * a.prompts, a.seed)
+    rows = prompt_rows(total * a.prompts, a.seed, task=a.task)
     model = AutoModelForCausalLM.from_pretrained(a.model_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(a.model_dir)
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as out:
-        trainer = GRPOTrainer(model=model, reward_funcs=[arithmetic_reward_fn], args=trl_config(out, a, total),
+        trainer = GRPOTrainer(model=model, reward_funcs=[task_reward(a.task)[1]], args=trl_config(out, a, total),
                               train_dataset=Dataset.from_list(rows), processing_class=tokenizer, callbacks=[timer])
         timer.trainer = trainer
         rss0 = rss_mib()
@@ -368,11 +409,14 @@ def main() -> None:
                                                          "characters; e.g. 32000 pads it with filler tokens)")
     p.add_argument("--prompts", type=int, default=16, help="prompts per step")
     p.add_argument("--group-size", type=int, default=8, help="G")
-    p.add_argument("--max-new-tokens", type=int, default=40, help="max completion length")
+    p.add_argument("--task", choices=["arithmetic", "partial_sums"], default="arithmetic",
+                   help="prompts and reward: 3-digit additions, or the forking task's (configs/partial_sums_*.yaml: "
+                        "its prompts, reward, <= 36 new tokens, lr 3e-4; use --model artifacts/sums-warmstart)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="max completion length (40; partial_sums: 36)")
     p.add_argument("--steps", type=int, default=8, help="timed optimizer steps per run")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of each run")
     p.add_argument("--repeats", type=int, default=2, help="runs per framework (steps alternate within a run)")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=None, help="AdamW lr (1e-4; partial_sums: 3e-4, as its configs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads in both workers (0: torch's default, one per core). 1 by default: "
@@ -383,6 +427,12 @@ def main() -> None:
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
+    forking = a.task == "partial_sums"
+    a.max_new_tokens = a.max_new_tokens or (36 if forking else 40)
+    a.lr = a.lr or (3e-4 if forking else 1e-4)
+    if forking and not a.model and not a.worker:
+        p.error("--task partial_sums needs --model (the task's warm start: stare-lit warmstart --task partial_sums, "
+                "then --model artifacts/sums-warmstart)")
     if a.worker:
         if a.threads:
             torch.set_num_threads(a.threads)
@@ -397,7 +447,7 @@ def main() -> None:
         model_dir = a.model or str(save_tiny_policy(Path(tmp) / "policy", seed=a.seed, vocab_size=a.vocab))
         md = [header("stare-lit vs TRL GRPOTrainer", "trl", "accelerate")]
         built = f"tiny Llama from a config (h128, 3 layers, vocab {a.vocab}, random weights)"
-        md.append(f"- model: {a.model or built}; "
+        md.append(f"- task: {a.task}; model: {a.model or built}; "
                   f"{a.prompts} prompts × G={a.group_size}, ≤ {a.max_new_tokens} new tokens, AdamW lr {a.lr}, "
                   f"{a.steps} timed steps (+{a.warmup} warm-up) per run, {a.repeats} runs, steps alternating "
                   "S T T S ...; "
@@ -413,7 +463,7 @@ def main() -> None:
         runs = {"stare": [], "trl": []}
         args = ["--model-dir", model_dir, "--prompts", str(a.prompts), "--group-size", str(a.group_size),
                 "--max-new-tokens", str(a.max_new_tokens), "--steps", str(a.steps), "--warmup", str(a.warmup),
-                "--lr", str(a.lr), "--seed", str(a.seed)] + (["--threads", str(a.threads)] if a.threads else [])
+                "--lr", str(a.lr), "--seed", str(a.seed), "--task", a.task] + (["--threads", str(a.threads)] if a.threads else [])
         for i in range(a.repeats):
             # Both processes start together; steps then run one at a time: S T T S S T ...
             got = alternate(Path(__file__), {"stare": ["--worker", "stare", *args], "trl": ["--worker", "trl", *args]},
@@ -452,6 +502,7 @@ def main() -> None:
               + table(["metric", "stare-lit", "TRL GRPOTrainer", "ratio stare-lit/TRL (medians)",
                        "ratio of the best steps", "stare-lit is (medians)"], rows))
     run_ratio = median(S["run_tok_s"]) / median(T["run_tok_s"])
+    ratio_tok = median(S["tok_s"]) / median(T["tok_s"])
     md.append(f"\nPer-run end-to-end tokens/s, median of runs: stare-lit {fmt(median(S['run_tok_s']))}, "
               f"TRL {fmt(median(T['run_tok_s']))} → **{run_ratio:.2f}×**; s/step ratio TRL/stare-lit "
               f"**{median(T['step_s']) / median(S['step_s']):.2f}×**. Mean reward of the timed steps: stare-lit "
@@ -459,8 +510,13 @@ def main() -> None:
               f"steps and framework start-up): stare-lit {spread(S['fit_s'])} s, TRL {spread(T['fit_s'])} s. "
               "Load average "
               f"at the end: {load()}.\n")
+    pairs = [a_ / b_ for a_, b_ in zip(S["tok_s"], T["tok_s"])]  # step i of each run: the steps alternate
+    runs_r = [a_ / b_ for a_, b_ in zip(S["run_tok_s"], T["run_tok_s"])]
+    md.append(f"**Headline** (end-to-end tokens/s, stare-lit / TRL): ratio of medians **{ratio_tok:.2f}×**; paired "
+              f"alternated steps {min(pairs):.2f}–{max(pairs):.2f} (median {median(pairs):.2f}); per run "
+              f"{', '.join(f'{x:.2f}' for x in runs_r)}.\n")
     text = "\n".join(md)
-    print("\n" + "\n".join(md[-2:]))
+    print("\n" + "\n".join(md[-3:]))
     name = ("vs_trl" + (f"_{Path(a.model).name}" if a.model else "") + (f"_vocab{a.vocab}" if a.vocab != 16 else "")
             + (f"_threads{a.threads}" if a.threads != 1 else ""))
     print(f"\nwritten to {write_result(name, text)}")

@@ -44,7 +44,7 @@ from stare_lit.data.rows import check_prompts
 from stare_lit.errors import check
 from stare_lit.ops.advantages import AdvantageScale, equal_groups, group_advantages
 from stare_lit.ops.distributed import all_reduce_sum, masked_mean
-from stare_lit.ops.logprobs import model_logprobs_and_entropy
+from stare_lit.ops.logprobs import chunk_for_vocab, model_logprobs_and_entropy
 from stare_lit.ops.loss import LossSettings, policy_loss
 from stare_lit.ops.metrics import sample_accuracy
 from stare_lit.rewards.base import Reward
@@ -114,7 +114,8 @@ class GRPOModule(L.LightningModule):
         grad_clip: max global gradient norm (> 0), or None for no clipping.
         optimizer: any torch optimizer (class_path + init_args in YAML).
         lr_scheduler: any torch LR scheduler, stepped once per optimizer step.
-        logprob_chunk_size: rows of the log-prob/entropy pass computed at once.
+        logprob_chunk_size: token positions of the log-prob/entropy pass computed at once; None: follow the
+            vocabulary (stare_lit.ops.logprobs.chunk_for_vocab: 1024 up to an 8k vocabulary, 55 at 151,936).
         chat_template: wrap prompts with the tokenizer's chat template.
         system_prompt: system message when chat_template is on.
         val_samples: k, samples per held-out prompt in validation: logs mean@k, unbiased pass@j for
@@ -150,7 +151,7 @@ class GRPOModule(L.LightningModule):
         grad_clip: float | None = 1.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
-        logprob_chunk_size: int = 1024,
+        logprob_chunk_size: int | None = None,
         chat_template: bool = False,
         system_prompt: str | None = None,
         val_samples: int = 4,
@@ -300,7 +301,8 @@ class GRPOModule(L.LightningModule):
         """log π(completion tokens) and entropy for the selected rows: (n, T) each, float32 (0 past the
         longest of their completions). The LM head runs inside the chunked pass: no (n, T, V) logits."""
         inputs, ids = row_inputs(rollout, rows)  # padding the selected rows all share is cut
-        lp, ent = model_logprobs_and_entropy(model, ids, self.sampling.temperature, self.logprob_chunk_size,
+        chunk = self.logprob_chunk_size or chunk_for_vocab(model.config.vocab_size)
+        lp, ent = model_logprobs_and_entropy(model, ids, self.sampling.temperature, chunk,
                                              use_cache=False, **inputs)
         T = rollout.completion_ids.shape[1]
         return pad_columns(lp, T), pad_columns(ent, T)

@@ -176,6 +176,21 @@ class _HeadLogprobEntropy(torch.autograd.Function):
                 None if grad_b is None else grad_b.to(weight.dtype), None, None, None)
 
 
+#: Floats in one chunk's (positions, V) logits when the chunk size follows the vocabulary: 2**23 = 32 MiB in fp32.
+CHUNK_LOGITS = 2**23
+
+
+def chunk_for_vocab(vocab_size: int, budget: int = CHUNK_LOGITS, most: int = 1024) -> int:
+    """Positions per chunk of the log-prob pass so that a chunk's logits hold at most ``budget`` floats.
+
+    Why: the pass keeps a few (chunk, V) fp32 buffers at once, so a fixed chunk costs memory in
+    proportion to V: 1,024 positions were 0.32× the naive pass's peak at 32k and more at 151,936
+    (benchmarks/README.md). 1,024 (the earlier fixed default) up to an 8,192 vocabulary, 256 at
+    32,000, 55 at 151,936.
+    """
+    return max(1, min(most, budget // max(vocab_size, 1)))
+
+
 def head_logprobs_and_entropy(
     hidden: Tensor, weight: Tensor, token_ids: Tensor, bias: Tensor | None = None, temperature: float = 1.0,
     chunk_size: int = 1024,

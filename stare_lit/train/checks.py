@@ -80,7 +80,7 @@ def _first_line(error: BaseException) -> str:
 def check_module_settings(*, rewards: int, updates_per_batch: int, micro_batch_size: int | None,
                           accuracy_reward: int, val_samples: int, val_temperature: float,
                           max_nonfinite_steps: int, grad_clip: float | None, advantage_eps: float,
-                          logprob_chunk_size: int, peak_flops: float | None, system_prompt: str | None,
+                          logprob_chunk_size: int | None, peak_flops: float | None, system_prompt: str | None,
                           chat_template: bool) -> None:
     """GRPOModule's plain settings (``rewards``: how many), each checked with one line naming its key."""
     check(updates_per_batch >= 1, f"model.updates_per_batch must be >= 1, got {updates_per_batch}")
@@ -95,7 +95,9 @@ def check_module_settings(*, rewards: int, updates_per_batch: int, micro_batch_s
     check(grad_clip is None or (finite(grad_clip) and grad_clip > 0),
           f"model.grad_clip must be > 0 (the max global gradient norm, e.g. 1.0) or null for no clipping, got {grad_clip}")
     check(finite(advantage_eps) and advantage_eps >= 0, f"model.advantage_eps must be >= 0, got {advantage_eps}")
-    check(logprob_chunk_size >= 1, f"model.logprob_chunk_size must be >= 1 (rows per log-prob pass), got {logprob_chunk_size}")
+    check(logprob_chunk_size is None or logprob_chunk_size >= 1,
+          f"model.logprob_chunk_size must be >= 1 (positions per log-prob pass) or null (follow the vocabulary), "
+          f"got {logprob_chunk_size}")
     check(peak_flops is None or (finite(peak_flops) and peak_flops > 0),
           f"model.peak_flops must be > 0 (FLOP/s, e.g. 989e12) or null, got {peak_flops}")
     check(system_prompt is None or chat_template,

@@ -24,14 +24,14 @@ def check_count(value: int, setting: str, minimum: int = 1, meaning: str = "") -
     """``value`` is an int >= ``minimum``; ``meaning`` says what it counts, for the message."""
     why = f" ({meaning})" if meaning else ""
     check(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
-          f"{setting} must be an integer >= {minimum}{why}, got {value!r}")
+          f"{setting} must be >= {minimum}{why}, got {value!r}")
 
 
 def check_positive(value: float, setting: str, meaning: str = "") -> None:
     """``value`` is a finite number > 0."""
     why = f" ({meaning})" if meaning else ""
     check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0,
-          f"{setting} must be a number > 0{why}, got {value!r}")
+          f"{setting} must be > 0{why}, got {value!r}")
 
 
 def check_seed(value: int, setting: str) -> None:

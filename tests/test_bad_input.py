@@ -154,7 +154,8 @@ CASES = [
     ("LoRA target not a regex", ["--model.policy.lora", "{rank: 2, target_modules: '(q'}"], "not a regular expression"),
     # model and tokenizer paths
     ("model path is a file", ["--model.policy.name_or_path", "{folder}/a_file"], "model.policy.name_or_path: '"),
-    ("model path an empty directory", ["--model.policy.name_or_path", "{folder}/a_dir"], "holds no config.json"),
+    ("model path an empty directory", ["--model.policy.name_or_path", "{folder}/a_dir"],
+     "holds no config.json and no tokenizer file"),
     ("tokenizer path an empty directory", ["--model.policy.tokenizer", "{folder}/a_dir"],
      "model.policy.tokenizer: '"),
 ]
@@ -261,7 +262,7 @@ def test_bad_input_fails_with_one_line_and_loses_nothing(earlier_run, name, extr
 VALIDATE_CASES = [
     ("checkpoint missing", ["--ckpt_path", "{folder}/no_such.ckpt"], "ckpt_path: '"),
     ("ckpt_path best before any fit", ["--ckpt_path", "best"], "validate --ckpt_path best: there is no best checkpoint"),
-    ("trainer.max_steps -5", ["--trainer.max_steps", "-5"], "trainer.max_steps must be"),
+    ("trainer.max_steps -5", ["--trainer.max_steps", "-5"], "trainer.max_steps must be >= 0 (optimizer steps) or -1"),
     ("trainer.limit_val_batches -1", ["--trainer.limit_val_batches", "-1"], "trainer.limit_val_batches must be"),
     ("LoRA target module that does not exist", ["--model.policy.lora", "{rank: 2, target_modules: [qproj]}"],
      "'qproj' matches no module"),

@@ -63,10 +63,10 @@ def _check_length(trainer: Any, fit: bool) -> None:
     steps, epochs = trainer.get("max_steps"), trainer.get("max_epochs")
     low = 1 if fit else 0
     check(steps is None or steps == -1 or steps >= low,
-          f"trainer.max_steps must be >= 1 (optimizer steps) or -1 (no limit; trainer.max_epochs ends the run), "
+          f"trainer.max_steps must be >= {low} (optimizer steps) or -1 (no limit; trainer.max_epochs ends the run), "
           f"got {steps}" + (f": 0 {UNTRAINED}" if steps == 0 else ""))
     check(epochs is None or epochs == -1 or epochs >= low,
-          f"trainer.max_epochs must be >= 1 or -1 (no limit; trainer.max_steps ends the run), got {epochs}"
+          f"trainer.max_epochs must be >= {low} or -1 (no limit; trainer.max_steps ends the run), got {epochs}"
           + (f": 0 {UNTRAINED}" if epochs == 0 else ""))
     for split in ("train", "val", "test", "predict"):
         key = f"limit_{split}_batches"

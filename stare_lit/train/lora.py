@@ -63,7 +63,6 @@ class LoRA:
                             target_modules=self.target_modules, task_type="CAUSAL_LM")
         return get_peft_model(model, config)
 
-
     def check_targets(self, model: torch.nn.Module) -> None:
         """Every entry of ``target_modules`` names at least one module of ``model``, and only layers LoRA can
         adapt. peft matches as here — a list entry equals a module's name or its last dotted parts, a string is
@@ -76,8 +75,12 @@ class LoRA:
         regex = isinstance(self.target_modules, str)
         for target in [self.target_modules] if regex else self.target_modules:
             matched = [name for name, _ in model.named_modules() if name and _matches(target, name, regex)]
-            check(bool(matched), f"model.policy.lora.target_modules: {target!r} matches no module of "
-                                 f"{type(model).__name__}; {offer} (or target_modules: all-linear)")
+            if not matched:
+                example = max(sorted(layers), key=len, default="")
+                how = (f"; a string is a regular expression over whole names such as {example}, a list names "
+                       "modules: [q_proj, v_proj]") if regex else ""
+                raise ConfigError(f"model.policy.lora.target_modules: {target!r} matches no module of "
+                                  f"{type(model).__name__}; {offer} (or target_modules: all-linear){how}")
             other = next((name for name in matched if name not in layers), None)
             if other is not None:
                 raise ConfigError(f"model.policy.lora.target_modules: {target!r} matches {other}, a "

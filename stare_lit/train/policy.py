@@ -33,6 +33,9 @@ from stare_lit.train.lora import LoRA
 #: What transformers' ``attn_implementation`` accepts, besides a Hub kernel's ``org/name``.
 ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
+#: A tokenizer directory holds at least one of these (fast, slow, sentencepiece, BPE or WordPiece tokenizers).
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -164,9 +167,9 @@ def check_model_source(value: str, key: str, model: bool = True, tokenizer: bool
     check(path.exists(), f"{key}: '{value}' does not exist; give an existing directory or a Hugging Face model name "
                          "(for the offline default run `stare-lit warmstart` first)")
     check(path.is_dir(), f"{key}: '{value}' is a file; give the directory that save_pretrained wrote")
-    wanted = [*(["config.json"] if model else []), *(["tokenizer_config.json or tokenizer.json"] if tokenizer else [])]
-    found = {name: (path / name).is_file() for name in ("config.json", "tokenizer_config.json", "tokenizer.json")}
-    lacking = [w for w in wanted if not any(found[n] for n in w.split(" or "))]
+    lacking = [*(["config.json"] if model and not (path / "config.json").is_file() else []),
+               *([f"tokenizer file ({', '.join(TOKENIZER_FILES)})"] if tokenizer and
+                 not any((path / name).is_file() for name in TOKENIZER_FILES) else [])]
     check(not lacking, f"{key}: '{value}' holds no {' and no '.join(lacking)}, so it is not a Hugging Face "
                        f"{'model' if model else 'tokenizer'} directory; give the directory that save_pretrained wrote")
 

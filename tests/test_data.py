@@ -336,7 +336,7 @@ def test_settings_that_need_the_data(tmp_path):
     path = _write_jsonl(tmp_path / "train.jsonl", _rows(10))
     with pytest.raises(ConfigError, match=r"data\.init_args\.val_size: .*both need rows"):
         _dm(path, val_size=10)
-    with pytest.raises(ConfigError, match=r"data\.init_args\.batch_size: 16 prompts per step, but the 9 training prompts"):
+    with pytest.raises(ConfigError, match=r"data\.init_args\.batch_size: 16 prompts per step, but the 9 usable training prompts"):
         _dm(path, val_size=1, batch_size=16)
     with pytest.raises(ConfigError, match=r"data\.init_args\.split: a single local file has only"):
         _dm(path, split="test")

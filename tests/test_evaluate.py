@@ -98,5 +98,5 @@ def test_bad_settings_get_one_clear_error(tiny_model_dir, tmp_path):
         evaluate(run_config=config, ckpt_path=str(tmp_path))  # a directory without a sharded checkpoint
     with pytest.raises(ConfigError, match="has no test_dataloader"):
         evaluate(run_config=config, split="test", out_dir=str(tmp_path / "x"))
-    with pytest.raises(ConfigError, match="not a file"):
+    with pytest.raises(ConfigError, match="evaluate --run_config: .*missing.yaml' does not exist"):
         evaluate(run_config=str(tmp_path / "missing.yaml"))

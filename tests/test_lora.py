@@ -89,3 +89,37 @@ def test_adapters_get_gradients_under_gradient_checkpointing(tiny_model_dir):
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     assert grads and all(g is not None for g in grads.values())
     assert all(g.abs().sum() > 0 for n, g in grads.items() if ".lora_B." in n)  # (A starts with 0 grad: B = 0)
+
+
+LAYERS = "down_proj, embed_tokens, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj"  # the tiny Llama's
+
+
+def test_target_modules_are_matched_as_peft_matches_them(tiny_model_dir):
+    """A list entry is a module name or its last dotted parts (so 'proj' is not 'q_proj'); a string is a regex
+    over the whole name. peft would skip 'qproj' in [q_proj, qproj] silently: it is refused, naming the layers."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    LoRA(target_modules=["self_attn.q_proj", "lm_head"]).check_targets(model)
+    LoRA(target_modules=r"model\.layers\.0\.mlp\.(up|down)_proj").check_targets(model)
+    for targets, bad in ((["q_proj", "qproj"], "qproj"), (["proj"], "proj"), ("q_proj", "q_proj")):  # a regex: whole name
+        with pytest.raises(ConfigError, match=rf"target_modules: '{bad}' matches no module of LlamaForCausalLM; the "
+                                              rf"layers LoRA can adapt here are {LAYERS} \(or target_modules: all-linear\)"):
+            LoRA(target_modules=targets).check_targets(model)
+    with pytest.raises(ConfigError, match="'self_attn' matches model.layers.0.self_attn, a LlamaAttention, which LoRA "
+                                          "cannot adapt"):
+        LoRA(target_modules=["self_attn"]).check_targets(model)
+
+
+def test_unknown_targets_are_refused_when_the_policy_is_made_and_again_when_it_is_built(tiny_model_dir, monkeypatch):
+    with pytest.raises(ConfigError, match="'qproj' matches no module"):
+        Policy(name_or_path=tiny_model_dir, lora=LoRA(target_modules=["qproj"]))  # on a meta-device skeleton
+    # Where no skeleton can be made first (a hub model not downloaded yet), building the model refuses it.
+    monkeypatch.setattr(Policy, "skeleton", lambda self: None)
+    policy = Policy(name_or_path=tiny_model_dir, lora=LoRA(target_modules=["qproj"]))
+    with pytest.raises(ConfigError, match="'qproj' matches no module"):
+        policy.build_model()
+
+
+def test_the_skeleton_holds_no_weights(tiny_model_dir):
+    skeleton = Policy(name_or_path=tiny_model_dir).skeleton()
+    assert {p.device.type for p in skeleton.parameters()} == {"meta"}
+    assert Policy(name_or_path=tiny_model_dir, trust_remote_code=True).skeleton() is None  # no remote code runs for a check

@@ -17,19 +17,24 @@ Bad settings end with one line naming the setting and the fix, not a traceback.
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 import textwrap
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
 from jsonargparse import CLI, ArgumentError
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from stare_lit import blame
 from stare_lit.train import preemption
 from stare_lit.train.checkpoint import check_checkpoint_file
 from stare_lit.commands.console import quiet_lightning, use_step_progress_bar
-from stare_lit.errors import StareLitError
+from stare_lit.commands.trainer_settings import check_run_settings, trainer_error
+from stare_lit.errors import ConfigError, StareLitError
 from stare_lit.module import GRPOModule
 from stare_lit.train.strategy import refuse_fsdp1
 
@@ -61,16 +66,20 @@ class StareLitCLI(LightningCLI):
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
-        # LightningCLI reads --ckpt_path right after parsing; a bad file gets one line here, not a traceback.
+        # Checked before anything is built (tokenizer, data, model) or written: one line each, not a traceback.
         subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        settings = self.config[subcommand] if subcommand else self.config  # run=False: a fit's settings
+        ckpt_path = settings.get("ckpt_path")
         if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
             check_checkpoint_file(ckpt_path)
-        if subcommand:
-            refuse_fsdp1(self.config[subcommand].get("trainer", {}).get("strategy"))
+        refuse_fsdp1((settings.get("trainer") or {}).get("strategy"))
+        check_run_settings(settings, subcommand or "fit")
 
     def instantiate_trainer(self, **kwargs):
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, ValueError, TypeError) as e:  # Trainer.__init__ refusing a setting
+            raise trainer_error(e) from None
         use_step_progress_bar(trainer)  # "Step k/max_steps", not "Epoch 0/-2"
         return trainer
 
@@ -101,8 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     target = COMMANDS[argv[0]][0]
     quiet_lightning()
     try:
-        if target != LIGHTNING:
-            CLI(command_function(argv[0], target), args=argv[1:], prog=f"stare-lit {argv[0]}")
+        if target != LIGHTNING:  # a bad type or a missing argument: one line below, as for fit, not a usage dump
+            CLI(command_function(argv[0], target), args=argv[1:], prog=f"stare-lit {argv[0]}", exit_on_error=False)
             return
         StareLitCLI(GRPOModule, L.LightningDataModule, subclass_mode_data=True, args=None if from_shell else argv,
                     save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False})
@@ -123,6 +132,42 @@ def main(argv: list[str] | None = None) -> None:
             raise
         blame.print_kept_traceback(cause)
         sys.exit(f"stare-lit: error: {cause}")
+
+
+def check_fit(args: list[str], what: str) -> None:
+    """Parse and build, without running, ``stare-lit fit ARGS`` (settings, tokenizer, data, trainer): what it
+    would refuse is refused now, as one ConfigError starting with ``what``. For commands that start fits in
+    other processes (compare), so that a typo fails before the first run instead of after it."""
+    try:
+        with _quiet_build():
+            cli = StareLitCLI(GRPOModule, L.LightningDataModule, subclass_mode_data=True, args=args, run=False,
+                              parser_kwargs={"exit_on_error": False})
+    except ArgumentError as err:
+        raise ConfigError(f"{what}: {' '.join(str(err).split())}") from None
+    except Exception as err:  # noqa: BLE001 - only our own errors become one line, as in main()
+        cause = _user_error(err)
+        if cause is None:
+            raise
+        raise ConfigError(f"{what}: {cause}") from None
+    cli.model.reward_runner.close()  # a worker process, had the settings started one
+
+
+@contextmanager
+def _quiet_build():
+    """Without Lightning's lines of a Trainer being built ("Seed set to 0", "GPU available: ..."): a check
+    prints nothing when it passes."""
+    names = ("lightning.fabric.utilities.seed", "lightning.pytorch.utilities.rank_zero")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():  # stare-lit compare's own argv is not these args: nothing to warn about
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def usage() -> str:

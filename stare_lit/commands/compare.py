@@ -22,8 +22,19 @@ from pathlib import Path
 
 import pandas as pd
 
+from stare_lit.commands.cli import check_fit
+from stare_lit.commands.inputs import check_count, check_file, check_output_dir, check_seed
+from stare_lit.errors import check
+
 DEFAULT_SCHEMES = ["configs/schemes/grpo.yaml", "configs/schemes/stare.yaml", "configs/schemes/steer.yaml",
                    "configs/schemes/erpo.yaml"]
+
+
+def fit_arguments(base: str, scheme: str, seed: int, max_steps: int, out: Path, extra: list[str]) -> list[str]:
+    """The ``stare-lit fit`` settings of one scheme × seed, writing to ``out``."""
+    return ["--config", base, "--config", scheme, "--seed_everything", str(seed), "--trainer.max_steps", str(max_steps),
+            "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
+            "--trainer.logger.init_args.version", "run", "--trainer.enable_progress_bar", "false", *extra]
 
 
 def run_one(base: str, scheme: str, seed: int, max_steps: int, out: Path, extra: list[str], threads: int) -> float:
@@ -33,10 +44,7 @@ def run_one(base: str, scheme: str, seed: int, max_steps: int, out: Path, extra:
         return float(done.read_text())
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "stare_lit.commands.cli", "fit", "--config", base, "--config", scheme,
-           "--seed_everything", str(seed), "--trainer.max_steps", str(max_steps),
-           "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
-           "--trainer.logger.init_args.version", "run", "--trainer.enable_progress_bar", "false", *extra]
+    cmd = [sys.executable, "-m", "stare_lit.commands.cli", "fit", *fit_arguments(base, scheme, seed, max_steps, out, extra)]
     start = time.perf_counter()
     with open(out / "log.txt", "w") as log:
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
@@ -134,6 +142,27 @@ def plot(curves: dict[str, pd.DataFrame], path: Path) -> None:
     plt.close(fig)
 
 
+def check_settings(*, schemes: list[str], seeds: list[int], base: str, max_steps: int, out_dir: str, jobs: int) -> None:
+    """Every argument but extra_args (checked with the runs' settings by ``check_fit``): one line each."""
+    check(len(schemes) > 0, "compare --schemes is empty; give at least one YAML overlay, e.g. "
+                            "[configs/schemes/grpo.yaml, configs/schemes/stare.yaml]")
+    check(len(seeds) > 0, "compare --seeds is empty; give at least one seed, e.g. [0]")
+    for seed in seeds:
+        check_seed(seed, "compare --seeds")
+    repeated = next((s for i, s in enumerate(seeds) if s in seeds[:i]), None)
+    check(repeated is None, f"compare --seeds lists seed {repeated} twice; give each seed once")
+    check_file(base, "compare --base", "stare-lit fit YAML config")
+    for scheme in schemes:
+        check_file(scheme, "compare --schemes", "YAML overlay")
+    names = [Path(scheme).stem for scheme in schemes]
+    clash = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    check(clash is None, f"compare --schemes: two files are named {clash}, and each scheme's runs go to "
+                         f"OUT_DIR/{clash}/; rename one")
+    check_count(max_steps, "compare --max_steps", meaning="optimizer steps per run")
+    check_count(jobs, "compare --jobs", meaning="runs at once")
+    check_output_dir(out_dir, "compare --out_dir")
+
+
 def compare(
     schemes: list[str] = DEFAULT_SCHEMES,
     seeds: list[int] = [0, 1, 2],  # noqa: B006 - jsonargparse shows it as the default
@@ -158,10 +187,14 @@ def compare(
     Returns:
         The output directory.
     """
+    check_settings(schemes=schemes, seeds=seeds, base=base, max_steps=max_steps, out_dir=out_dir, jobs=jobs)
     out = Path(out_dir)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     grid = [(scheme, seed) for scheme in schemes for seed in seeds]
     run_dir = lambda scheme, seed: out / Path(scheme).stem / f"seed{seed}"  # noqa: E731
+    for scheme in schemes:  # what `stare-lit fit` would refuse, refused now: before any run starts
+        check_fit(fit_arguments(base, scheme, seeds[0], max_steps, run_dir(scheme, seeds[0]), extra_args),
+                  f"compare: the run of --schemes {scheme} (on --base {base}, with --extra_args)")
     with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads only wait on the subprocesses
         walls = list(pool.map(lambda job: run_one(base, job[0], job[1], max_steps, run_dir(*job), extra_args,
                                                   threads), grid))

@@ -31,12 +31,14 @@ from typing import Literal
 
 import lightning as L
 import torch
-import yaml
 from jsonargparse import ArgumentParser
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from stare_lit.commands.inputs import (check_count, check_device, check_file, check_output_dir, check_seed,
+                                      read_yaml_mapping)
+from stare_lit.errors import check
 from stare_lit.train.checkpoint import check_checkpoint_file, check_same_model
-from stare_lit.errors import ConfigError, check
+from stare_lit.train.policy import check_model_source
 from stare_lit.commands.export import read_policy_state
 from stare_lit.ops.metrics import sample_accuracy
 from stare_lit.module import GRPOModule
@@ -86,22 +88,20 @@ def evaluate(
     Returns:
         The output directory.
     """
-    check(n >= 1, f"evaluate --n must be >= 1, got {n}")
-    check(temperature is None or temperature >= 0, f"evaluate --temperature must be >= 0, got {temperature}")
-    check(temperature != 0 or n == 1, "evaluate --temperature 0 (greedy) gives n identical samples; use --n 1")
-    check(max_prompts is None or max_prompts >= 1, f"evaluate --max_prompts must be >= 1, got {max_prompts}")
+    check_settings(**locals())  # every argument, by name, before a model is loaded
     start = time.perf_counter()
     # temperature 0 is greedy decoding, which ignores the temperature (Sampling requires one > 0)
     sampling = {"temperature": temperature or None, "top_p": top_p, "top_k": top_k, "max_new_tokens": max_new_tokens}
     sampling = {k: v for k, v in sampling.items() if v is not None}
     module, datamodule = build_from_config(run_config, model, data, sampling)
+    loader = prompt_loader(datamodule, split)  # a split without a loader is refused before the model loads
     torch.manual_seed(seed)  # a policy built from a config gets the same random weights every time
     module.configure_model()
     if ckpt_path is not None:
         load_policy_weights(module, ckpt_path)
     module.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
     try:
-        rows = [row for batch in prompt_batches(datamodule, split, max_prompts)
+        rows = [row for batch in prompt_batches(loader, max_prompts)
                 for row in evaluate_batch(module, batch, n, greedy=temperature == 0,
                                           seed=stream_seed(seed, EVALUATION, batch["_index"]))]
     finally:
@@ -115,6 +115,32 @@ def evaluate(
           + ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if k.startswith(("mean@", "pass@"))))
     print(f"  results: {out / 'results.jsonl'}\n  summary: {out / 'summary.md'}, {out / 'summary.csv'}")
     return out
+
+
+def check_settings(*, run_config, model, ckpt_path, data, split, n, seed, temperature, top_p, top_k, max_new_tokens,
+                   max_prompts, device, out_dir) -> None:
+    """The arguments that need no model: one line naming the flag and the fix (the YAML files are read and
+    checked by ``build_from_config``)."""
+    check_count(n, "evaluate --n", meaning="samples per prompt")
+    check(temperature is None or (math.isfinite(temperature) and temperature >= 0),
+          f"evaluate --temperature must be >= 0 (0 = greedy), got {temperature}")
+    check(temperature != 0 or n == 1, "evaluate --temperature 0 (greedy) gives n identical samples; use --n 1")
+    check(top_p is None or 0 < top_p <= 1, f"evaluate --top_p must be in (0, 1], got {top_p}")
+    check(top_k is None or top_k >= 0, f"evaluate --top_k must be >= 0 (0 = off), got {top_k}")
+    if max_new_tokens is not None:
+        check_count(max_new_tokens, "evaluate --max_new_tokens", meaning="the completion length cap in tokens")
+    if max_prompts is not None:
+        check_count(max_prompts, "evaluate --max_prompts", meaning="prompts to evaluate; leave it unset for all")
+    check_seed(seed, "evaluate --seed")
+    check_device(device, "evaluate --device")
+    check_file(run_config, "evaluate --run_config", "stare-lit fit YAML config")
+    if data is not None:
+        check_file(data, "evaluate --data", "YAML file with a data: section")
+    if model is not None:
+        check_model_source(model, "evaluate --model")
+    if ckpt_path is not None:
+        check_checkpoint_file(ckpt_path)
+    check_output_dir(out_dir, "evaluate --out_dir")
 
 
 # ---------------------------------------------------------------- building from the run's config
@@ -142,12 +168,7 @@ def build_from_config(run_config: str, model: str | None, data: str | None,
 
 
 def _read_yaml(path: str, setting: str) -> dict:
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"evaluate --{setting}: {path} is not a file; give a stare-lit YAML config")
-    loaded = yaml.safe_load(file.read_text())
-    check(isinstance(loaded, dict), f"evaluate --{setting}: {path} is not a YAML mapping")
-    return loaded
+    return read_yaml_mapping(path, f"evaluate --{setting}", "stare-lit YAML config")
 
 
 # ---------------------------------------------------------------- a checkpoint's weights
@@ -166,8 +187,8 @@ def load_policy_weights(module: GRPOModule, ckpt_path: str) -> None:
 
 
 # ---------------------------------------------------------------- sampling and scoring
-def prompt_batches(datamodule: L.LightningDataModule, split: Split, max_prompts: int | None):
-    """The split's batches (dicts of columns), each with its index under ``_index``, cut at max_prompts."""
+def prompt_loader(datamodule: L.LightningDataModule, split: Split):
+    """The DataModule's loader of ``split``, set up; one line if it has none."""
     stage = {"validation": "validate", "test": "test", "train": "fit"}[split]
     datamodule.setup(stage)
     loader_name = {"validation": "val_dataloader", "test": "test_dataloader", "train": "train_dataloader"}[split]
@@ -176,6 +197,11 @@ def prompt_batches(datamodule: L.LightningDataModule, split: Split, max_prompts:
     except MisconfigurationException:  # what LightningDataModule's default hooks raise: not implemented
         loader = None
     check(loader is not None, f"evaluate --split {split}: {type(datamodule).__name__} has no {loader_name}")
+    return loader
+
+
+def prompt_batches(loader, max_prompts: int | None):
+    """The loader's batches (dicts of columns), each with its index under ``_index``, cut at max_prompts."""
     given = 0
     for index, batch in enumerate(loader):
         if max_prompts is not None:

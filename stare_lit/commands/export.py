@@ -19,9 +19,9 @@ import warnings
 from pathlib import Path
 
 import torch
-import yaml
 from jsonargparse import ArgumentParser
 
+from stare_lit.commands.inputs import check_output_dir, read_yaml_mapping
 from stare_lit.train.checkpoint import AtomicCheckpointIO, check_checkpoint_file
 from stare_lit.errors import ConfigError, check
 from stare_lit.train.lora import has_adapters
@@ -43,11 +43,13 @@ def export(*, ckpt_path: str, out: str, adapter_only: bool = False, fit_config: 
         fit_config: the YAML whose model.policy built the run; default: the config.yaml that
             ``stare-lit fit`` saved in the run's folder, next to checkpoints/.
     """
-    model, tokenizer = load_policy_from_checkpoint(ckpt_path, fit_config, merge=not adapter_only)
-    check(not adapter_only or has_adapters(model),
-          "--adapter_only: this run's model.policy has no LoRA adapters (model.policy.lora); export the whole "
+    check_checkpoint_file(ckpt_path)
+    check_output_dir(out, "export --out")
+    policy = policy_of_run(ckpt_path, fit_config)
+    check(not adapter_only or policy.lora is not None,
+          "export --adapter_only: this run's model.policy has no LoRA adapters (model.policy.lora); export the whole "
           "model without --adapter_only")
-    check(not Path(out).is_file(), f"--out: '{out}' is a file; give a directory")
+    model, tokenizer = load_policy(ckpt_path, policy, merge=not adapter_only)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     what = "LoRA adapter (PEFT)" if adapter_only else "model"
@@ -67,7 +69,11 @@ def load_policy_from_checkpoint(ckpt_path: str, fit_config: str | None = None, m
         (model, tokenizer).
     """
     check_checkpoint_file(ckpt_path)
-    policy = policy_of_run(ckpt_path, fit_config)
+    return load_policy(ckpt_path, policy_of_run(ckpt_path, fit_config), merge)
+
+
+def load_policy(ckpt_path: str, policy: Policy, merge: bool = True):
+    """``policy`` built, with the weights of the checkpoint ``ckpt_path``; see load_policy_from_checkpoint."""
     model = policy.build_model()
     mine = model.state_dict()
     saved = read_policy_state(Path(ckpt_path), mine)
@@ -87,12 +93,13 @@ def policy_of_run(ckpt_path: str, fit_config: str | None = None) -> Policy:
     ckpt = Path(ckpt_path)
     if fit_config is None:
         found = [d / "config.yaml" for d in (ckpt.parent.parent, ckpt.parent) if (d / "config.yaml").is_file()]
-        check(bool(found), f"--fit_config: no config.yaml in the run folder of '{ckpt_path}' (stare-lit fit saves "
-                           "one next to checkpoints/); give the YAML the run was started with")
+        check(bool(found), f"export --fit_config: no config.yaml in the run folder of '{ckpt_path}' (stare-lit fit "
+                           "saves one next to checkpoints/); give the YAML the run was started with")
         fit_config = str(found[0])
-    settings = yaml.safe_load(Path(fit_config).read_text()) or {}
-    policy = (settings.get("model") or {}).get("policy")
-    check(isinstance(policy, dict), f"--fit_config: '{fit_config}' has no model.policy section")
+    settings = read_yaml_mapping(fit_config, "export --fit_config", "stare-lit fit YAML config")
+    model = settings.get("model")
+    policy = model.get("policy") if isinstance(model, dict) else None
+    check(isinstance(policy, dict), f"export --fit_config: '{fit_config}' has no model.policy section")
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--policy", type=Policy)
     return parser.instantiate_classes(parser.parse_object({"policy": policy})).policy

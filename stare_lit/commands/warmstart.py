@@ -16,6 +16,7 @@ log 2 nats). The result loads like any Hugging Face checkpoint (``AutoModelForCa
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
 import time
@@ -26,6 +27,7 @@ from typing import Callable, Literal
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from stare_lit.commands.inputs import check_count, check_output_dir, check_positive, check_seed
 from stare_lit.errors import check
 from stare_lit.rewards.base import Reward
 from stare_lit.rollout.base import Sampling
@@ -107,6 +109,41 @@ def sampled_accuracy(model, task: SupervisedTask, temperature: float) -> float:
     return sum(scores) / len(scores)
 
 
+DEFAULT_OUT = {"arithmetic": "artifacts/arith-warmstart", "partial_sums": "artifacts/sums-warmstart"}
+
+
+def check_settings(*, task, out_dir, min_digits, max_digits, hidden_size, num_layers, num_heads, max_steps, batch_size,
+                   lr, target_accuracy, eval_every, eval_prompts, seed, data_seed) -> None:
+    """Every setting of ``warmstart``, checked before minutes of training: one line naming the flag and the fix."""
+    check(task in DEFAULT_OUT, f"warmstart --task must be arithmetic or partial_sums, got {task!r}")
+    check_count(max_steps, "warmstart --max_steps", meaning="training steps; 0 would save an untrained model")
+    check_count(batch_size, "warmstart --batch_size", meaning="problems per step")
+    check_positive(lr, "warmstart --lr", "the AdamW learning rate, e.g. 1e-3")
+    check(0 < target_accuracy < 1, f"warmstart --target_accuracy must be in (0, 1), got {target_accuracy}")
+    check_count(eval_every, "warmstart --eval_every", meaning="steps between accuracy checks")
+    check_count(eval_prompts, "warmstart --eval_prompts", meaning="held-out prompts per accuracy check")
+    check_count(hidden_size, "warmstart --hidden_size", meaning="the model width")
+    check_count(num_layers, "warmstart --num_layers", meaning="decoder layers")
+    check_count(num_heads, "warmstart --num_heads", meaning="attention heads")
+    # Each head gets hidden_size / num_heads dimensions, and rotary embeddings turn them in pairs.
+    check(hidden_size % num_heads == 0 and (hidden_size // num_heads) % 2 == 0,
+          f"warmstart --num_heads {num_heads} must divide --hidden_size {hidden_size} into an even number of "
+          "dimensions per head; pick e.g. --num_heads 4 with --hidden_size 128")
+    if task == "arithmetic":
+        check(1 <= min_digits <= max_digits <= 12,
+              f"warmstart --min_digits and --max_digits need 1 <= min_digits <= max_digits <= 12, got {min_digits}, "
+              f"{max_digits}")
+        # The RL validation problems and the accuracy check's are never trained on: some pairs must be left.
+        held_out = inspect.signature(arithmetic.ArithmeticDataModule).parameters["num_val_prompts"].default + eval_prompts
+        pairs = sum(9 * 10 ** (d - 1) for d in range(min_digits, max_digits + 1)) ** 2
+        check(held_out < pairs, f"warmstart --eval_prompts {eval_prompts}: with the RL task's validation problems, "
+                                f"{held_out} held-out problems would use up all {pairs} pairs of {min_digits}.."
+                                f"{max_digits}-digit operands; lower --eval_prompts or raise --max_digits")
+    check_seed(seed, "warmstart --seed")
+    check_seed(data_seed, "warmstart --data_seed")
+    check_output_dir(out_dir, "warmstart --out_dir")
+
+
 def warmstart(
     task: Literal["arithmetic", "partial_sums"] = "arithmetic",
     out_dir: str | None = None,
@@ -148,16 +185,14 @@ def warmstart(
     Returns:
         The output directory.
     """
-    check(task in ("arithmetic", "partial_sums"), f"warmstart --task must be arithmetic or partial_sums, got {task!r}")
-    check(0 < target_accuracy < 1, f"warmstart --target_accuracy must be in (0, 1), got {target_accuracy}")
-    check(eval_prompts >= 1, f"warmstart --eval_prompts must be >= 1, got {eval_prompts}")
+    out_dir = out_dir if out_dir is not None else DEFAULT_OUT.get(task, "")
+    check_settings(**locals())  # every argument, by name, before anything is built
     torch.manual_seed(seed)
     rng = random.Random(seed)
     if task == "arithmetic":
         job = arithmetic_task(min_digits, max_digits, eval_prompts, seed, data_seed)
     else:
         job = partial_sums_task(eval_prompts, seed, data_seed)
-    out_dir = out_dir or ("artifacts/arith-warmstart" if task == "arithmetic" else "artifacts/sums-warmstart")
     tokenizer = job.tokenizer
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=4 * hidden_size,
                          num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,

@@ -454,13 +454,16 @@ class PromptDataModule(L.LightningDataModule):
         if self.train_dataset is not None:
             return
         train, val = self._splits()
+        # Unusable rows dropped here, in setup, which Lightning runs before it loads the model: data that
+        # cannot train is refused first (the loaders drop them again, a no-op then, for other DataModules).
+        train = usable_rows(self._format(train, "train"), "training")
         world = self.trainer.world_size if self.trainer is not None else 1
         check(len(train) // world >= self.batch_size,
-              f"{_key('batch_size')}: {self.batch_size} prompts per step, but the {len(train)} training "
+              f"{_key('batch_size')}: {self.batch_size} prompts per step, but the {len(train)} usable training "
               f"prompts give each of {world} device(s) only {len(train) // world}, so no full batch exists; "
               f"lower batch_size, or train on more prompts ({_key('max_train_prompts')}, {_key('val_size')})")
-        self.train_dataset = self._format(train, "train")
-        self.val_dataset = self._format(val, "validation")
+        self.train_dataset = train
+        self.val_dataset = usable_rows(self._format(val, "validation"), "validation")
         rank_zero_info(f"data: {len(self.train_dataset)} training prompts, {len(self.val_dataset)} "
                        f"validation prompts from '{self.path}'")
 

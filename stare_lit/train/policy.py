@@ -21,16 +21,20 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from stare_lit.errors import ConfigError, check
 from stare_lit.train.lora import LoRA
 
 #: What transformers' ``attn_implementation`` accepts, besides a Hub kernel's ``org/name``.
 ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+#: A tokenizer directory holds at least one of these (fast, slow, sentencepiece, BPE or WordPiece tokenizers).
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -72,18 +76,40 @@ class Policy:
               "(build from a config with random weights)")
         check(self.name_or_path is not None or self.tokenizer is not None,
               "model.policy.tokenizer: a policy built from a config needs a tokenizer name or directory")
-        for key, value in (("name_or_path", self.name_or_path), ("tokenizer", self.tokenizer)):
-            if value is not None and _looks_local(value) and not os.path.exists(value):
-                raise ConfigError(f"model.policy.{key}: '{value}' does not exist; give an existing directory or a "
-                                  "Hugging Face model name (for the offline default run `stare-lit warmstart` first)")
-
+        if self.name_or_path is not None:
+            check_model_source(self.name_or_path, "model.policy.name_or_path", tokenizer=self.tokenizer is None)
+        if self.tokenizer is not None:
+            check_model_source(self.tokenizer, "model.policy.tokenizer", model=False)
         check(self.attn_implementation is None or self.attn_implementation in ATTENTION or "/" in self.attn_implementation,
               f"model.policy.attn_implementation: {self.attn_implementation!r} is not one of {', '.join(ATTENTION)} "
               "(or a Hub kernel 'org/name'); pick one, or null to let transformers choose")
+        if self.lora is not None:  # a target that is not in the model: one line now, not minutes later
+            skeleton = self.skeleton()
+            if skeleton is not None:
+                self.lora.check_targets(skeleton)
+
+    def skeleton(self) -> PreTrainedModel | None:
+        """The model's modules on the meta device (no weights, no memory), when its config is at hand without
+        a download or remote code; else None, and what needs the modules waits for the real model."""
+        if self.trust_remote_code:
+            return None
+        try:
+            config = self.config or AutoConfig.from_pretrained(self.name_or_path, revision=self.revision,
+                                                               local_files_only=True)
+            with torch.device("meta"):
+                return AutoModelForCausalLM.from_config(config)
+        except Exception:  # noqa: BLE001 - not on this machine yet, or not buildable bare: the build checks it
+            return None
 
     def load_tokenizer(self):
         source = self.tokenizer or self.name_or_path
-        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=self.trust_remote_code, revision=self.revision)
+        try:
+            tok = AutoTokenizer.from_pretrained(source, trust_remote_code=self.trust_remote_code, revision=self.revision)
+        except OSError as e:  # no such model on the hub, no network, or not in the cache when offline
+            key = "tokenizer" if self.tokenizer else "name_or_path"
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ConfigError(f"model.policy.{key}: no tokenizer could be loaded from '{source}' ({reason}); give a "
+                              "local directory, or a Hugging Face model name this machine can reach") from None
         tok.padding_side = "left"  # batched generation appends to the right end of every row
         if tok.pad_token is None:
             check(tok.eos_token is not None,
@@ -130,6 +156,22 @@ def decoder_layers(model: PreTrainedModel) -> list[torch.nn.Module]:
     check(len(layers) > 0, f"model.policy: cannot find the decoder layers of {type(model).__name__} to shard "
                            "(no _no_split_modules, no model.layers)")
     return layers
+
+
+def check_model_source(value: str, key: str, model: bool = True, tokenizer: bool = True) -> None:
+    """A local path (not a hub id) is a directory holding a model's config.json and/or a tokenizer's files, as
+    ``save_pretrained`` writes them; else one line naming ``key``, before transformers' traceback."""
+    if not _looks_local(value):
+        return
+    path = Path(value).expanduser()
+    check(path.exists(), f"{key}: '{value}' does not exist; give an existing directory or a Hugging Face model name "
+                         "(for the offline default run `stare-lit warmstart` first)")
+    check(path.is_dir(), f"{key}: '{value}' is a file; give the directory that save_pretrained wrote")
+    lacking = [*(["config.json"] if model and not (path / "config.json").is_file() else []),
+               *([f"tokenizer file ({', '.join(TOKENIZER_FILES)})"] if tokenizer and
+                 not any((path / name).is_file() for name in TOKENIZER_FILES) else [])]
+    check(not lacking, f"{key}: '{value}' holds no {' and no '.join(lacking)}, so it is not a Hugging Face "
+                       f"{'model' if model else 'tokenizer'} directory; give the directory that save_pretrained wrote")
 
 
 def _looks_local(value: str) -> bool:

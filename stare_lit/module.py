@@ -305,12 +305,12 @@ class GRPOModule(L.LightningModule):
         lp, ent = model_logprobs_and_entropy(model, ids, self.sampling.temperature, chunk,
                                              use_cache=False, **inputs)
         T = rollout.completion_ids.shape[1]
-        return pad_columns(lp, T), pad_columns(ent, T)
+        return pad_columns(lp.float(), T), pad_columns(ent.float(), T)
 
     def rows_pass(self, model, rollout: Rollout) -> tuple[Tensor, Tensor]:
         """log π and entropy (N, T) of every row without grad, in micro-batches of rows sorted by length."""
         N, T = rollout.completion_ids.shape
-        lp = torch.zeros(N, T, device=rollout.input_ids.device)
+        lp = torch.zeros(N, T, dtype=torch.float32, device=rollout.input_ids.device)  # not the default dtype: bf16 under bf16-true
         ent = torch.zeros_like(lp)
         for idx in length_sorted_chunks(rollout.attention_mask.sum(-1), self.micro_batch_size):
             lp[idx], ent[idx] = self.token_logprobs(model, rollout, idx)

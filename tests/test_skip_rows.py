@@ -169,3 +169,15 @@ def test_trained_tokens_count_only_the_rows_forwarded_with_grad(tiny_policy):
     assert 0 < on["trained_tokens"] < off["trained_tokens"]
     # the skipped rows' completion tokens alone account for at least part of the difference
     assert off["trained_tokens"] - on["trained_tokens"] >= tokens.mask[skipped].sum().item()
+
+
+def test_merge_rows_takes_the_base_dtype_and_keeps_the_gradient():
+    """bf16-true: the forwarded rows come back in bf16 while π_old's values are float32."""
+    from stare_lit.train.update_rows import merge_rows
+
+    base = torch.zeros(3, 2)
+    values = torch.tensor([[1.5, -2.0]], dtype=torch.bfloat16, requires_grad=True)
+    merged = merge_rows(base, torch.tensor([1]), values)
+    assert merged.dtype == torch.float32 and merged[1].tolist() == [1.5, -2.0] and merged[0].tolist() == [0.0, 0.0]
+    merged.sum().backward()
+    assert values.grad.tolist() == [[1.0, 1.0]]

@@ -243,8 +243,8 @@ class _Decoder:
             q, k, v = self._qkv(layer, x, cos, sin)  # (b, heads, 1, D)
             kc, vc = self.k[i][:b], self.v[i][:b]
             if upto is None:  # graphs: the position is a tensor the replay reads
-                kc.index_copy_(2, index, k)
-                vc.index_copy_(2, index, v)
+                kc.index_copy_(2, index, k.to(kc.dtype))  # autocast (bf16-mixed) computes k, v in bf16
+                vc.index_copy_(2, index, v.to(vc.dtype))
             else:  # eager: a slice copy, the same values; index_copy_ took ~15x longer on CPU (a strided view)
                 kc[:, :, upto - 1:upto].copy_(k)
                 vc[:, :, upto - 1:upto].copy_(v)

@@ -58,8 +58,9 @@ def pad_columns(x: Tensor, T: int) -> Tensor:
 
 def merge_rows(base: Tensor, idx: Tensor, values: Tensor) -> Tensor:
     """``base`` (n, T) with rows ``idx`` (k,) replaced by ``values`` (k, T), out of place: the gradient
-    flows to ``values`` only."""
-    return base.index_put((idx,), values)
+    flows to ``values`` only. ``values`` take ``base``'s dtype: π_old's values are float32, a bf16-true
+    model's forward is not."""
+    return base.index_put((idx,), values.to(base.dtype))
 
 
 def length_sorted_chunks(lengths: Tensor, size: int | None) -> list[Tensor]:
@@ -83,7 +84,7 @@ def forwarded(rows: Tensor, fallback: Tensor) -> Tensor:
 def skipped_rows_old(forward: RowsPass, shape: torch.Size, skip: Tensor) -> tuple[Tensor, Tensor]:
     """log π_old and entropy (N, T) of the skipped rows (0 on the others), for the fused pass (μ = 1,
     one micro-batch): the loss, the scheme's gate and the callbacks see every row."""
-    lp = torch.zeros(shape, device=skip.device)
+    lp = torch.zeros(shape, dtype=torch.float32, device=skip.device)
     ent = torch.zeros_like(lp)
     idx = skip.nonzero().squeeze(-1)
     fwd = forwarded(idx, fallback=idx.new_zeros(1))  # a fallback row's values are not kept

@@ -52,7 +52,7 @@ from typing import Any, Callable, Optional
 from stare_lit.rewards._wire import NoValue
 
 MAX_ITEMS = 1_000_000  # the longest sequence the judge builds
-MAX_STEPS = 1_000_000  # nodes the judge may evaluate for one test
+MAX_STEPS = 300_000  # nodes the judge may evaluate for one test (~1 s at worst)
 _MAX_BITS = 1_000_000  # the largest integer the judge computes with ** or <<
 
 # Builtins the judge evaluates (guarded where an argument could make them huge).

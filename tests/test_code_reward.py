@@ -397,7 +397,8 @@ def hostile_rows(o: dict) -> dict[str, Row]:
                 return a + b if blob is not None else None
         """), expect=0.2, tests=TESTS + ["assert stopped_by() == 'MemoryError'"]),
         "gradual_memory_bomb": Row("def add(a, b):\n    hoard = []\n    while True:\n        hoard.append(bytearray(1 << 26))\n"),
-        "huge_output": Row("while True:\n    print('All tests passed ' * 1000)\n" + CORRECT),
+        "huge_output": Row("import sys\nfor _ in range(3 << 10):\n    print('All tests passed ' * 60)\n"
+                           "print('x' * (1 << 20), file=sys.stderr)\n" + CORRECT),  # 3 MiB out: over the 1 MiB cap
         "fork_bomb": Row(STOPPED + textwrap.dedent("""
             import os, time
             forks = 0

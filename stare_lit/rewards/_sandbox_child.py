@@ -42,12 +42,10 @@ import builtins
 import ctypes
 import json
 import os
-import platform
 import resource
 import signal
 import stat
 import sys
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _wire  # noqa: E402  (the wire format, shared with the parent; loaded before anything is confined)
@@ -160,7 +158,7 @@ def _unsharer(job, result_fd, request_fd, isolation, ready_w, go_r, holder, trai
             os._exit(71)  # the holder reports why
         isolation.update({f"{name}_namespace": True for name in _NAMESPACES}, uid_inside=INSIDE_ID,
                          uid_outside=int(outside))
-        sources, links = _open_sources(), _links()
+        sources, links = _open_sources(job["libpython"]), _links()
         _become_inside_user(drop_groups=trainer_is_root)
         _die_with(holder)  # a change of user cleared it
         isolation["nested_user_namespaces"] = not _write("/proc/sys/user/max_user_namespaces", "0")
@@ -177,7 +175,7 @@ def _unsharer(job, result_fd, request_fd, isolation, ready_w, go_r, holder, trai
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
-def _open_sources() -> dict[str, int]:
+def _open_sources(libpython: str) -> dict[str, int]:
     """``O_PATH`` descriptors of what the minimal root shows, by the path it shows them at.
 
     Opened while still the trainer's user: bind mounts are made later from ``/proc/self/fd/N``, as
@@ -185,8 +183,7 @@ def _open_sources() -> dict[str, int]:
     """
     wanted = [p for p in sys.path if p and os.path.exists(p)]  # -I -S: the standard library only
     wanted.append(os.path.realpath(sys.executable))  # a program may start the interpreter again
-    library = os.path.join(_config_var("LIBDIR") or "", _config_var("INSTSONAME") or "")
-    wanted += [library] if os.path.isfile(library) else []  # ...which needs libpython
+    wanted += [libpython] if libpython else []  # ...which needs libpython (the parent found it)
     wanted += [p for p in _LIBRARY_DIRS if os.path.exists(p) and not os.path.islink(p)]  # links are copied
     sources = {}
     for path in sorted(set(wanted)):
@@ -211,12 +208,6 @@ def _open_path(path: str) -> int:
         return os.open(path, os.O_PATH | os.O_CLOEXEC)
     except OSError as error:
         raise _Refused(f"opening {path} for the sandbox's root: {error.strerror}") from None
-
-
-def _config_var(name: str):
-    import sysconfig  # noqa: PLC0415  (only here: most runs never need it)
-
-    return sysconfig.get_config_var(name)
 
 
 def _become_inside_user(drop_groups: bool) -> None:
@@ -348,9 +339,10 @@ def _new_session_keyring() -> str:
 
 
 def _syscall(name: str) -> int:
-    numbers = _SYSCALLS.get(platform.machine())
+    machine = os.uname().machine
+    numbers = _SYSCALLS.get(machine)
     if numbers is None:
-        raise _Refused(f"no syscall numbers for {platform.machine()} (known: {', '.join(_SYSCALLS)})")
+        raise _Refused(f"no syscall numbers for {machine} (known: {', '.join(_SYSCALLS)})")
     return numbers[name]
 
 
@@ -439,6 +431,8 @@ def _run_job(job: dict, result_fd: int, request_fd: int) -> int:
     except SystemExit as stop:  # an exit while loading: no request is answered
         return stop.code if isinstance(stop.code, int) else 1
     except BaseException:
+        import traceback  # noqa: PLC0415  (only a program that fails to load needs it)
+
         traceback.print_exc()  # into Run.stderr, for whoever reads it
         return 1
     if job["mode"] == "stdio":

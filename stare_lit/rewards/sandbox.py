@@ -27,6 +27,7 @@ The verdict is not here at all: stare_lit.rewards.judge decides each test from t
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import select
@@ -234,7 +235,8 @@ class Session:
         self._workdir = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-")
         self._cgroup = f"{_PREFIX}{os.getpid()}-{os.urandom(6).hex()}"
         job = {"program": self.program, "mode": self.mode, "isolation": self.sandbox.isolation,
-               "cgroup": self._cgroup, "limits": {name: getattr(self.sandbox, name) for name in _LIMITS}}
+               "cgroup": self._cgroup, "limits": {name: getattr(self.sandbox, name) for name in _LIMITS},
+               "libpython": _libpython()}
         Path(self._workdir, ".job.json").write_text(json.dumps(job), encoding="utf-8")
         report_r, report_w = os.pipe()
         request_r, request_w = os.pipe()
@@ -304,6 +306,15 @@ class Session:
                        exit_code=None if self.timed_out else child.returncode, timed_out=self.timed_out,
                        overflowed=bool(pipes.overflowed - {pipes.report}), stdout=pipes.text(pipes.out),
                        stderr=pipes.text(pipes.err), tampered=self.tampered, seconds=time.monotonic() - self._started)
+
+
+@functools.lru_cache(maxsize=1)
+def _libpython() -> str:
+    """The interpreter's shared library, if it has one (the sandbox shows it, for a program that starts Python)."""
+    import sysconfig  # noqa: PLC0415
+
+    path = os.path.join(sysconfig.get_config_var("LIBDIR") or "", sysconfig.get_config_var("INSTSONAME") or "")
+    return path if os.path.isfile(path) else ""
 
 
 def _encode(value: Any) -> Any:

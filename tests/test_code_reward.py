@@ -44,7 +44,10 @@ from stare_lit.rewards.sandbox import Sandbox, SandboxWarning, probe
 ROOT = Path(__file__).parents[1]
 ISOLATION = probe()
 CONFINED = "refused" not in ISOLATION
-LIMITS = dict(timeout_seconds=15.0, cpu_seconds=1, memory_mb=256, max_processes=16)
+# Where the machine refuses the sandbox (no user namespaces), the reward's own logic is still tested, in the
+# documented weaker mode; the rows that need the namespaces are skipped, and the refusal is checked.
+MODE = "namespaces" if CONFINED else "limits_only"
+LIMITS = dict(timeout_seconds=15.0, cpu_seconds=1, memory_mb=256, max_processes=16, isolation=MODE)
 TESTS = ["assert add(2, 3) == 5", "assert add(1, 1) == 2", "assert 0 == add(-4, 4)", "assert add(10, 5) > 14"]
 SECRET = "hf_stare_lit_test_secret_0123456789"
 CORRECT = "def add(a, b):\n    return a + b\n"
@@ -817,7 +820,7 @@ def test_a_stuck_reward_is_bounded_by_the_scoring_timeout():
     """model.scoring.timeout shorter than the sandbox's: the worker's policy applies (timeout_score)."""
     from stare_lit.rewards.runner import RewardRunner, RewardWarning, Scoring
 
-    slow = CodeTestReward(extract="whole", sandbox=Sandbox(timeout_seconds=30, cpu_seconds=30))
+    slow = CodeTestReward(extract="whole", sandbox=Sandbox(timeout_seconds=30, cpu_seconds=30, isolation=MODE))
     with RewardRunner([slow], scoring=Scoring(timeout=3, timeout_score=0.0)) as runner:
         with pytest.warns(RewardWarning, match="longer than model.scoring.timeout"):
             scored = runner(["p"], ["import time\ntime.sleep(60)\n" + CORRECT], {"tests": [TESTS]})
@@ -902,8 +905,10 @@ def test_a_machine_without_user_namespaces_gets_a_refusal():
             five = session.value("add(2, 3)", {})
         print(json.dumps([refused, five, session.isolation["isolation"]]))
     """)
-    if not CONFINED:
-        pytest.skip("no user namespaces here at all: the module's probe already shows the refusal")
+    if not CONFINED:  # no user namespaces here at all: the module's own probe was refused
+        assert ISOLATION["refused"].startswith("CodeTestReward init_args.sandbox: this machine cannot confine")
+        assert "sandbox.isolation: limits_only" in ISOLATION["refused"]
+        return
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     refused, five, mode = json.loads(done.stdout.strip().splitlines()[-1])
@@ -915,7 +920,7 @@ def test_a_machine_without_user_namespaces_gets_a_refusal():
 
 def test_limits_only_is_weaker_and_says_so():
     """The documented weaker mode: limits, scrubbed environment, no root; but the machine is in view."""
-    sandbox = Sandbox(**LIMITS, isolation="limits_only")
+    sandbox = Sandbox(**{**LIMITS, "isolation": "limits_only"})
     sandbox_module._warned = False
     with pytest.warns(SandboxWarning, match="limits_only: programs run without namespaces"):
         run = sandbox.run("import os\nopen('x', 'w').write('x')\nprint(os.getuid(), os.path.exists('/etc/hostname'))")
@@ -960,6 +965,7 @@ def test_every_built_in_task_is_solved_by_its_solution():
     assert r([row["prompt"] for row in sample], wrong, tests=[row["tests"] for row in sample]) == [0.0] * len(sample)
 
 
+@needs_namespaces  # the config keeps the default isolation, which such a machine refuses
 def test_code_config_trains_through_the_reward_worker(tmp_path, capsys):
     """configs/code_grpo.yaml for two steps: a config-built tiny model, every completion run in the
     sandbox in the reward worker (model.scoring.timeout is set); a random model scores ~0."""

@@ -11,7 +11,7 @@ reward first sees the row:
   value into data. The sandbox returns each result as plain data (``stare_lit.rewards._wire``):
   ``None``, ``bool``, ``int``, ``float``, ``complex``, ``str``, ``bytes`` and ``list``, ``tuple``,
   ``set``, ``frozenset``, ``dict`` of them, exact types only; where the judge only iterates the
-  result (``all(... for x in gen())``, ``sorted(gen())``) the sandbox sends ``list(result)``.
+  result (``all(... for x in gen())``, ``sorted(gen(), reverse=True)``) the sandbox sends ``list(result)``.
 - **everything else** (evaluated here, on those values): literals, comparisons (chained too),
   ``and``/``or``/``not``, arithmetic, ``x if c else y``, indexing and slicing, list/tuple/set/dict
   displays and comprehensions, f-strings, ``lambda`` as a ``key=``, the builtins in ``FUNCTIONS``,
@@ -130,7 +130,8 @@ class _Splitter:
         loaded = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
         local = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
         local |= {a.arg for n in ast.walk(node) if isinstance(n, ast.Lambda) for a in n.args.args}
-        if not loaded - bound - local - _BUILTIN_NAMES - _STDLIB:
+        modules = {n.value.id for n in ast.walk(node) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)}
+        if not loaded - bound - local - _BUILTIN_NAMES - (modules & _STDLIB):  # `random(3)` may be the program's
             # It names nothing of the program, so it computes an expected value: never where the program runs.
             raise UnjudgeableTest(f"`{_short(node)}` names nothing the program defines, yet the judge does not"
                                   " evaluate it; the expected side must be computed by the judge")

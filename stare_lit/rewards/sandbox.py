@@ -215,7 +215,7 @@ class Session:
         request = {"id": self._next_id, "source": source, "iterate": iterate,
                    "names": {name: _encode(value) for name, value in names.items()}}
         self._next_id += 1
-        self._pending_request = _wire.dumps(request)
+        self._pipes.outgoing += _wire.dumps(request)  # sent while the reply is awaited: neither side blocks
         record = self._record()
         if record is None:
             raise NoValue(source)
@@ -256,15 +256,11 @@ class Session:
         os.set_blocking(request_w, False)
         self._pipes = _Pipes(report_r, self._child.stdout.fileno(), self._child.stderr.fileno(), request_w,
                              self.sandbox.max_output_bytes)
-        self._pending_request = b""
 
     def _record(self) -> Optional[dict]:
-        """The next record, once the pending request is sent; ``None`` if the child ended, or the run timed
-        out, overflowed or was found tampered."""
+        """The next record; ``None`` if the child ended, or the run timed out, overflowed or was found tampered."""
         if self._ended:
             return None
-        self._pipes.outgoing += self._pending_request
-        self._pending_request = b""
         line = self._pipes.next_line(self._deadline)
         if line is None:
             self._end_of_lines()

@@ -122,7 +122,7 @@ class Outside:
         for kind, server in (("unix", self.unix), ("tcp", self.tcp)):
             server.listen()
             threading.Thread(target=self._accept, args=(kind, server), daemon=True).start()
-        self.pty_master, slave = os.openpty()
+        self.pty_master, slave = os.openpty()  # a terminal of the trainer's, as the terminal it runs in would be
         os.set_blocking(self.pty_master, False)
         self.pty = os.ttyname(slave)
         os.close(slave)

@@ -161,7 +161,9 @@ def _unsharer(job, result_fd, request_fd, isolation, ready_w, go_r, holder, trai
         sources, links = _open_sources(job["libpython"]), _links()
         _become_inside_user(drop_groups=trainer_is_root)
         _die_with(holder)  # a change of user cleared it
-        isolation["nested_user_namespaces"] = not _write("/proc/sys/user/max_user_namespaces", "0")
+        if not _write("/proc/sys/user/max_user_namespaces", "0"):  # this namespace's own limit, for its children
+            raise _Refused("forbidding nested user namespaces (user.max_user_namespaces in the new namespace)")
+        isolation["nested_user_namespaces"] = False
         _LIBC.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # the program may not read this process's memory or fds
         init = os.fork()
         if init == 0:

@@ -9,9 +9,10 @@ each scored 1.0 against its 2-4 asserts). Per completion, in rounds that alterna
 
 - ``bare python``: ``subprocess.run([python, "-I", "-S", "-c", program + tests])``: no limits,
   no namespaces, no verdict channel: the floor any process-per-completion reward pays;
-- ``CodeTestReward asserts``: one sandboxed run (cgroups, namespaces, mounts, limits, the
-  nonce-tagged report, comparisons judged outside);
-- ``CodeTestReward stdio``: the same program wrapped to read one line, one sandboxed run per test.
+- ``CodeTestReward asserts``: one sandboxed run (cgroups, seven namespaces, the uid map, the
+  minimal root and pivot_root, a new keyring, limits), each test decided by the judge outside it
+  from the plain values the run sends back (one request per program expression);
+- ``CodeTestReward stdio``: a program that reads one line, one sandboxed run per test.
 
 Reported: median and min-max seconds per completion over all completions of all rounds.
 """

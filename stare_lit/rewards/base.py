@@ -56,6 +56,15 @@ class Reward(ABC):
         """
 
 
+class ErrorScore(float):
+    """A score a reward gives because its own check went wrong on a completion, not because it judged it.
+
+    The runner uses the value and counts the completion in ``reward/<name>_errors``, under either
+    ``model.scoring.on_error`` (it never stops training): ``CodeTestReward`` returns ``ErrorScore(0.0)``
+    when the sandbox's report breaks the protocol, which a program can cause on purpose.
+    """
+
+
 class MathAnswerReward(Reward):
     """1.0 if the completion's final answer is mathematically equal to the gold answer, else 0.0.
 

@@ -42,7 +42,7 @@ import torch
 
 from stare_lit import blame
 from stare_lit.errors import ConfigError, StareLitError, check
-from stare_lit.rewards.base import Reward
+from stare_lit.rewards.base import ErrorScore, Reward
 
 
 class RewardError(StareLitError, RuntimeError):
@@ -105,7 +105,8 @@ class ScoredBatch:
             where none does.
         per_reward: name -> (N,) float32, NaN where that reward returned (or was given) ``None``.
         errors: name -> completions that reward could not score and that became ``None``
-            (``on_error: none``).
+            (``on_error: none``), and those it gave an ``ErrorScore`` (its check went wrong; the value
+            is used, under either ``on_error``).
         timeouts: name -> completions on which that reward timed out.
     """
 
@@ -115,8 +116,8 @@ class ScoredBatch:
     timeouts: dict[str, int]
 
 
-# What scoring one completion came to, as sent by the worker:
-# ("ok", float | None), ("failed", why), ("config", ConfigError message), or ("timeout", None).
+# What scoring one completion came to, as sent by the worker: ("ok", float | None), ("error_score",
+# float), ("failed", why), ("config", ConfigError message), or ("timeout", None).
 _Outcome = tuple[str, Any]
 
 _STARTUP_TIMEOUT_S = 300.0  # a worker imports torch and the rewards' modules before it is ready
@@ -213,7 +214,7 @@ class RewardRunner:
             outcomes = self._in_worker(index, batch)
         try:
             with closing(outcomes):  # on an error, stop the worker mid-batch (and no stale results)
-                values, failed, timed_out = self._collect(name, outcomes, batch)
+                values, failed, flagged, timed_out = self._collect(name, outcomes, batch)
         except _WholeBatch as problem:
             message = f"reward '{name}' {problem}"
             if self.scoring.on_error == "fail":
@@ -222,19 +223,23 @@ class RewardRunner:
             warnings.warn(f"{message}; all {len(batch)} completions count as None for it"
                           " (model.scoring.on_error: none)", RewardWarning, stacklevel=3)
             return [None] * len(batch), len(batch), 0
-        self._warn(name, batch, failed, timed_out)
-        return values, len(failed), len(timed_out)
+        self._warn(name, batch, failed, flagged, timed_out)
+        return values, len(failed) + len(flagged), len(timed_out)
 
     def _collect(
         self, name: str, outcomes: Iterator[tuple[int, _Outcome]], batch: "_Batch"
-    ) -> tuple[list, list[tuple[int, str]], list[int]]:
+    ) -> tuple[list, list[tuple[int, str]], list[tuple[int, str]], list[int]]:
         """Apply ``on_error`` and ``timeout_score`` to the outcomes; raise on the first failure under ``fail``."""
         values: list[Optional[float]] = [None] * len(batch)
         failed: list[tuple[int, str]] = []
+        flagged: list[tuple[int, str]] = []
         timed_out: list[int] = []
         for i, (kind, detail) in outcomes:
             if kind == "ok":
                 values[i] = detail
+            elif kind == "error_score":  # the reward's check failed on it: its value stands, counted as an error
+                values[i] = detail
+                flagged.append((i, "gave an error score"))
             elif kind == "timeout":
                 values[i] = self.scoring.timeout_score
                 timed_out.append(i)
@@ -248,11 +253,16 @@ class RewardRunner:
                 raise error
             else:
                 failed.append((i, detail))
-        return values, failed, timed_out
+        return values, failed, flagged, timed_out
 
-    def _warn(self, name: str, batch: "_Batch", failed: list[tuple[int, str]], timed_out: list[int]) -> None:
+    def _warn(self, name: str, batch: "_Batch", failed: list[tuple[int, str]], flagged: list[tuple[int, str]],
+              timed_out: list[int]) -> None:
         """One warning per kind per reward per batch: the count and the first completion."""
         n = len(batch)
+        if flagged:
+            warnings.warn(f"reward '{name}' gave {len(flagged)} of {n} completions an error score (its check went"
+                          f" wrong on them; counted in reward/{name}_errors); first: {batch.where(flagged[0][0])}",
+                          RewardWarning, stacklevel=4)
         if failed:
             i, detail = failed[0]
             warnings.warn(f"reward '{name}' could not score {len(failed)} of {n} completions, which count as"
@@ -456,9 +466,12 @@ def _as_list(returned: Any, n: int) -> list:
 
 
 def _judge(value: Any) -> _Outcome:
-    """A value a reward returned for one completion: a finite number or ``None`` is ok, anything else failed."""
+    """A value a reward returned for one completion: a finite number or ``None`` is ok, anything else failed;
+    an ``ErrorScore`` is used and counted."""
     if value is None:
         return ("ok", None)
+    if isinstance(value, ErrorScore) and math.isfinite(value):
+        return ("error_score", float(value))
     if _is_number(value) and math.isfinite(value):
         return ("ok", float(value))
     return ("failed", f"returned {_short(repr(value))}, not a finite number or None,")

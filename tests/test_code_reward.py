@@ -720,6 +720,24 @@ def nobody_table(request):
         process.wait()
 
 
+@needs_namespaces
+def test_an_interpreter_under_tmp_still_gives_a_writable_tmp():
+    """A checkout or venv under /tmp (CI clones there) puts shown paths under /tmp: the run must start,
+    and a program that writes to /tmp must still work (a bug once: every program failed at start)."""
+    link_dir = Path(tempfile.mkdtemp(prefix="stare-lit-venv-", dir="/tmp"))
+    try:
+        os.chmod(link_dir, 0o755)
+        python = link_dir / "python"
+        python.symlink_to(os.path.realpath(sys.executable))
+        program = "open('/tmp/x', 'w').write('ok'); print(open('/tmp/x').read())"
+        probe = f"from stare_lit.rewards.sandbox import Sandbox; r = Sandbox().run({program!r}); print(repr(r.stdout))"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        done = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+        assert done.returncode == 0 and done.stdout.strip() == repr("ok\n"), done.stdout + done.stderr
+    finally:
+        shutil.rmtree(link_dir)
+
+
 # ---------------------------------------------------------------------------------------- the reward
 def test_correct_and_partly_correct_programs():
     assert score(CORRECT) == 1.0

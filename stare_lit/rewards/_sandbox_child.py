@@ -258,6 +258,13 @@ def _minimal_root(sources: dict[str, int], links: dict[str, str], limits: dict) 
         raise _Refused(f"making the mounts private: {_errno()}")
     root = os.getcwd()  # the run's directory on the host: the new root is mounted over it
     _mount_or_refuse("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=4096,mode=755")
+    # A project or venv under /tmp (a CI checkout, say) puts shown paths there: /tmp is then a tmpfs of its
+    # own, as small as the run's directory, with those paths bound into it; else a link to the directory.
+    tmp_shown = any(p.startswith("/tmp/") for p in [*sources, *links])
+    if tmp_shown:
+        os.mkdir(root + "/tmp", 0o755)
+        _mount_or_refuse("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
+                         f"size={limits['disk_mb']}m,nr_inodes={limits['max_files']},mode=1777")
     for path, fd in sources.items():
         _bind(root, path, fd, device=path in _DEVICES)
         os.close(fd)
@@ -269,7 +276,8 @@ def _minimal_root(sources: dict[str, int], links: dict[str, str], limits: dict) 
     os.mkdir(root + WORKDIR, 0o755)
     _mount_or_refuse("tmpfs", root + WORKDIR, "tmpfs", MS_NOSUID | MS_NODEV,
                      f"size={limits['disk_mb']}m,nr_inodes={limits['max_files']},mode=700")
-    os.symlink(WORKDIR.lstrip("/"), root + "/tmp")  # for programs that write to /tmp
+    if not tmp_shown:
+        os.symlink(WORKDIR.lstrip("/"), root + "/tmp")  # for programs that write to /tmp
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                          ("stderr", "/proc/self/fd/2")):
         os.symlink(target, f"{root}/dev/{name}")

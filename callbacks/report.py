@@ -263,10 +263,9 @@ class EntropyReport(pl.Callback):
                     linewidth=1.5, label="reweighted tokens with s>H (share of them)")
         ax.plot(steps, moving_average(h["reweighted_share"], self.smoothing), color="#7f7f7f", linewidth=1.2,
                 label="reweighted tokens (share of all)")
-        title = "Reweighted tokens: " + (f"{100 * sum(above) / len(above):.0f}% above their entropy" if above
-                                         else "none")
+        title = "Reweighted: " + (f"{100 * sum(above) / len(above):.0f}% above their entropy" if above else "none")
         if pred:
-            title += f"; weights alone predict ΔH {sum(pred) / len(pred):+.2g} per token-step"
+            title += f"; ΔH from the weights {sum(pred) / len(pred):+.2g}/token"
         ax.set(xlabel="step", ylabel="share", ylim=(0, 1.02), title=title)
         ax.title.set_fontsize(9)
         ax.legend(fontsize=7, loc="best")

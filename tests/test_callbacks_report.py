@@ -119,7 +119,7 @@ def test_report_shows_which_tokens_the_weights_moved(tmp_path):
     assert math.isnan(h["reweighted_above_entropy_share"][3])
     titles = [ax.get_title() for ax in report.figure().axes]
     pred = (-0.25 * math.exp(-0.5) + 0.5 * math.exp(-3)) / 5 * 3 / 4  # the mean over the four steps
-    assert f"Reweighted tokens: 33% above their entropy; weights alone predict ΔH {pred:+.2g} per token-step" in titles
+    assert f"Reweighted: 33% above their entropy; ΔH from the weights {pred:+.2g}/token" in titles
     plain = EntropyReport(every_n_steps=0, dpi=30)
     fit(tmp_path / "plain", [hand_outputs()] * 2, [plain], logger=False)
-    assert any(t.startswith("Reweighted tokens: none") for t in (ax.get_title() for ax in plain.figure().axes))
+    assert any(t.startswith("Reweighted: none") for t in (ax.get_title() for ax in plain.figure().axes))

@@ -78,7 +78,7 @@ def above_entropy_selection(
     """STARE by the position's own entropy: the tokens whose update raises entropy, at most P of T+ (T−).
 
     **stare-lit's extension, not the published code.** It is derived from the paper's own first-order
-    analysis (methods.md, "Why entropy collapses"): a step on a sampled token with surprisal s at a
+    analysis (STARE §3; ``stare_lit.ops.entropy_dynamics``): a step on a sampled token with surprisal s at a
     position of entropy H moves that entropy by ∝ A·π(a)·(s − H), so upweighting an A > 0 token raises
     H exactly when s > H, and damping an A < 0 token raises H exactly when s > H too. The official
     top-P surprisal quantile (``stare_selection``) is a proxy for s > H that fails at forks, where the
@@ -201,7 +201,7 @@ class STARE(TokenWeighting):
     Scope of the top-P selection (``scope``): "micro_batch" (official) ranks the tokens of each loss
     computation by their surprisal under π_θ; "step" ranks all tokens of the step batch (every
     micro-batch) once per update by their surprisal under π_old and keeps that set for its
-    micro-batches. With one micro-batch and μ = 1 the two are the same. Either way, under several
+    micro-batches. ("above_entropy" always uses π_old's surprisal and entropy, in either scope.) With one micro-batch and μ = 1 the two are the same. Either way, under several
     processes the ranking is over all ranks.
 
     The target is absolute (``target_entropy``, nats) or relative (``relative_target``: a fraction of

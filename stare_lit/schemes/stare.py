@@ -201,8 +201,9 @@ class STARE(TokenWeighting):
     Scope of the top-P selection (``scope``): "micro_batch" (official) ranks the tokens of each loss
     computation by their surprisal under π_θ; "step" ranks all tokens of the step batch (every
     micro-batch) once per update by their surprisal under π_old and keeps that set for its
-    micro-batches. ("above_entropy" always uses π_old's surprisal and entropy, in either scope.) With one micro-batch and μ = 1 the two are the same. Either way, under several
-    processes the ranking is over all ranks.
+    micro-batches ("above_entropy" uses π_old's surprisal and entropy in either scope). With one
+    micro-batch and μ = 1 the two are the same. Either way, under several processes the ranking is
+    over all ranks.
 
     The target is absolute (``target_entropy``, nats) or relative (``relative_target``: a fraction of
     the mean controller entropy over the first ``baseline_steps`` steps, so one YAML serves any warm

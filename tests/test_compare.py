@@ -32,7 +32,7 @@ def test_summary_has_fork_entropy_pass_at_1_pass_at_n_and_distinct(tmp_path):
     assert row["steps_to_half_entropy"] == 17
     assert (row["mean@k_final"], row["pass@1_final"], row["pass@k_final"]) == (0.5, 0.5, 0.8)  # pass@16, not @2
     assert row["distinct_correct_final"] == 2.5 and row["mean@k_best"] == 0.5
-    assert {"entropy", "fork_entropy", "reward", "val_mean@k"} <= set(curves.columns)
+    assert {"entropy", "fork_entropy", "reward", "val_mean@k", "val_distinct_correct"} <= set(curves.columns)
     assert not math.isnan(curves["val_mean@k"].dropna().iloc[-1])
     # the first 10 steps of the same run: its validation after step 10 (logged at step 9) is the last one
     row, curves = summarise_run(path, max_steps=10)
@@ -116,6 +116,10 @@ def test_summary_pass_at_k_plot_and_verdict_from_the_runs(tmp_path):
     header = next(line for line in table.splitlines() if line.startswith("| scheme"))
     assert "entropy end" in header and "val pass@4" in header and "reweighted tokens above their entropy" in header
     assert "_" not in header.replace("stare_above_entropy", "")  # no column key left
+    grpo_row = next(line for line in table.splitlines() if line.startswith("| grpo"))
+    assert "| never, never |" in grpo_row  # per seed: 0.1 never reaches half of the first 10 steps' mean 0.14
+    assert "| 50.0% ± 0.0% |" in grpo_row and "| 1.5% |" in grpo_row and "| +0.001 |" in grpo_row
+    assert "±" not in next(line for line in table.splitlines() if line.startswith("| stare_above"))  # one seed
 
     # the verdict: one line per scheme, then the paths
     # distinct correct (the 4 samples' texts all differ): grpo (1 + 4) / 2 and (2 + 0) / 2 → 1.75; stare (2 + 3) / 2

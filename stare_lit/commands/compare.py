@@ -128,7 +128,8 @@ def summarise_run(metrics_csv: Path, max_steps: int | None = None) -> tuple[dict
     if fork is not None:
         curves["fork_entropy"] = fork
     if val_cols:
-        curves = curves.join(val[[val_cols[0]]].rename(columns={val_cols[0]: "val_mean@k"}), how="outer")
+        keep = {val_cols[0]: "val_mean@k", "val/distinct_correct": "val_distinct_correct"}
+        curves = curves.join(val[[c for c in keep if c in val]].rename(columns=keep), how="outer")
     return row, curves
 
 
@@ -164,7 +165,7 @@ def column_words(k: int) -> dict[str, str]:
     """The summary table's headers, in words, for validation with k samples per prompt."""
     return {
         "entropy_start": "entropy start", "entropy_middle": "entropy middle", "entropy_end": "entropy end",
-        "steps_to_half_entropy": "steps to half the start entropy", "fork_entropy_start": "fork entropy start",
+        "steps_to_half_entropy": "steps to half the start entropy (per seed)", "fork_entropy_start": "fork entropy start",
         "fork_entropy_middle": "fork entropy middle", "fork_entropy_end": "fork entropy end",
         "fork_share_end": "forking tokens at the end", "reweighted_share": "tokens reweighted",
         "reweighted_above_entropy_share": "reweighted tokens above their entropy",
@@ -174,6 +175,38 @@ def column_words(k: int) -> dict[str, str]:
         "pass@k_final": f"val pass@{k}", "distinct_correct_final": "distinct correct per prompt",
         "wall_time_s": "wall time (s)",
     }
+
+
+PERCENT = ("fork_share_end", "reweighted_share", "reweighted_above_entropy_share")  # shown as percentages
+SPREAD = ("entropy_end", "fork_entropy_end", "reweighted_above_entropy_share", "mean@k_final", "mean@k_best",
+          "pass@1_final", "pass@k_final", "distinct_correct_final")  # shown with ± std over seeds
+
+
+def format_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """The summary table as text, one row per scheme: means over seeds, ± std on the columns that decide,
+    percentages for shares, the predicted ΔH in two significant digits, steps to half the entropy per seed."""
+    numeric = runs.drop(columns=["seed", "val_k", "val_step"], errors="ignore").groupby("scheme", sort=False)
+    mean, std = numeric.mean(), numeric.std()  # std is NaN for a scheme with one seed: no ± then
+
+    def cell(col: str, m: float, sd: float) -> str:
+        if math.isnan(m):
+            return "—"
+        if col in PERCENT:
+            text, spread = f"{100 * m:.1f}%", f" ± {100 * sd:.1f}%"
+        elif col == "reweight_entropy_change":
+            return f"{m:+.2g}"
+        elif abs(m) >= 100:
+            return f"{m:.0f}"
+        else:
+            text, spread = f"{m:.3f}", f" ± {sd:.3f}"
+        return text + (spread if col in SPREAD and not math.isnan(sd) else "")
+
+    table = pd.DataFrame({col: [cell(col, m, sd) for m, sd in zip(mean[col], std[col])] for col in mean.columns},
+                         index=mean.index)
+    if "steps_to_half_entropy" in runs:  # per seed: a mean hides a seed that never halved
+        table["steps_to_half_entropy"] = [", ".join("never" if math.isnan(v) else f"{v:.0f}" for v in group)
+                                          for _, group in runs.groupby("scheme", sort=False)["steps_to_half_entropy"]]
+    return table
 
 
 def verdict(runs: pd.DataFrame) -> list[str]:
@@ -205,7 +238,8 @@ def plot(curves: dict[str, pd.DataFrame], path: Path) -> None:
 
     panels = [("entropy", 10, "token entropy (10-step mean)"),
               ("fork_entropy", 10, "entropy at forking positions (10-step mean)"),
-              ("reward", 10, "train reward (10-step mean)"), ("val_mean@k", 1, "validation mean@k")]
+              ("reward", 10, "train reward (10-step mean)"), ("val_mean@k", 1, "validation mean@k (accuracy)"),
+              ("val_distinct_correct", 1, "validation: distinct correct per prompt")]
     panels = [p for p in panels if any(p[0] in c for c in curves.values())]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     for name, c in curves.items():
@@ -266,16 +300,9 @@ def write_summary(out: Path, jobs: list[tuple[str, int]], walls: list[float], se
     curves = {name: pd.concat(cs).groupby(level=0).mean() for name, cs in per_scheme.items()}
     runs = pd.DataFrame(rows)
     runs.to_csv(out / "runs.csv", index=False)
-    numeric = runs.drop(columns=["seed"]).groupby("scheme", sort=False)
-    mean, std = numeric.mean(), numeric.std()
-    mean.to_csv(out / "summary.csv")
+    runs.drop(columns=["seed"]).groupby("scheme", sort=False).mean().to_csv(out / "summary.csv")
     k = int(runs["val_k"].iloc[0]) if "val_k" in runs else 0
-    table = mean.drop(columns=["val_k", "val_step"], errors="ignore")
-    table = table.map(lambda v: f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}")
-    for col in ["mean@k_final", "mean@k_best", "pass@1_final", "pass@k_final", "distinct_correct_final",
-                "entropy_end", "fork_entropy_end", "reweighted_above_entropy_share"]:
-        if col in mean:
-            table[col] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(mean[col], std[col].fillna(0))]
+    table = format_table(runs)
     table = table.rename(columns=column_words(k))
     (out / "summary.md").write_text(
         f"{len(seeds)} seed(s) × {max_steps} steps, base {base}; mean over seeds (± std). Start, middle and end: means "

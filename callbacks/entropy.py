@@ -116,7 +116,17 @@ class EntropyMonitor(pl.Callback):
       - ``entropy_monitor/entropy_change_share_<q>``: the quadrant's signed share of the predicted
         movement (negative: lowers H; absolute values add up to 1).
       - ``entropy_monitor/entropy_change_pred_reweight``: what the scheme's weights add to
-        ``entropy_change_pred`` compared with w = 1 (0 for plain GRPO; > 0 offsets collapse).
+        ``entropy_change_pred`` compared with w = 1 (0 for plain GRPO; > 0 offsets collapse): the sum
+        over valid tokens of A * (w - 1) * pi(a) * (s - H) divided by their number, i.e. the predicted
+        change of the mean entropy due to the reweighting alone (first order, per unit step size).
+    - Which tokens the scheme reweighted (any scheme; w the weights the first update used):
+
+      - ``entropy_monitor/reweighted_share``: share of valid tokens with w != 1.
+      - ``entropy_monitor/reweighted_above_entropy_share``: of those, the share whose surprisal is
+        above their own position's entropy (s > H); NaN on a step where no token was reweighted (STARE's
+        gate closed). Upweighting an A > 0 token, or damping an A < 0 one, raises H only on that side:
+        STARE's paper rule puts most of its weight below H on the forking task, ``selection:
+        above_entropy`` all of it above.
       - ``entropy_monitor/entropy_change_realised``: the realised change of ``entropy_mean`` per batch
         since the previous batch the monitor computed (the step size's true effect, measured on a new
         batch: compare it, noisy, with the previous step's ``entropy_change_pred``). Absent on the

@@ -8,7 +8,8 @@ draws, every ``every_n_steps`` optimizer steps and at the end of fit, a 2 x 2 fi
    its gate was open (when the scheme has ``target_entropy`` / ``gate_on``, e.g. STARE);
 2. the predicted first-order entropy change per quadrant (A>0/A<0 x s>H/s<=H), stacked: raising
    quadrants above zero, lowering ones below, the net prediction and what the scheme's token weights
-   add on top;
+   add on top; beneath it, which tokens the scheme reweighted: the share of them above their own
+   position's entropy (s > H) and their share of all tokens, with the run's means in the title;
 3. token entropy by relative position in the completion, early / middle / late in the run;
 4. the share of tokens in each quadrant (and with A = 0), stacked to 1.
 
@@ -118,7 +119,7 @@ class EntropyReport(pl.Callback):
     def _keys(self) -> list[str]:
         keys = ["step", "entropy_mean", "reward_mean", "gate_on", "entropy_change_pred", "entropy_change_pred_reweight"]
         keys += [f"entropy_change_pred_{q}" for q in QUADRANTS] + [f"quadrant_{q}" for q in QUADRANTS]
-        keys += ["zero_adv_share"]
+        keys += ["zero_adv_share", "reweighted_share", "reweighted_above_entropy_share"]
         keys += [position_bucket_name(k, self.position_buckets) for k in range(self.position_buckets)]
         return keys
 
@@ -177,7 +178,10 @@ class EntropyReport(pl.Callback):
         top_left = grid[0, 0].subgridspec(2, 1, height_ratios=(2.3, 1))
         ax_h = fig.add_subplot(top_left[0])
         ax_r = fig.add_subplot(top_left[1], sharex=ax_h)
-        ax_dh, ax_pos, ax_share = fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])
+        top_right = grid[0, 1].subgridspec(2, 1, height_ratios=(2.3, 1))
+        ax_dh = fig.add_subplot(top_right[0])
+        ax_rw = fig.add_subplot(top_right[1], sharex=ax_dh)
+        ax_pos, ax_share = fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])
         fig.suptitle(f"Entropy dynamics, steps {steps[0]:.0f}–{steps[-1]:.0f}", fontsize=13)
 
         # 1. entropy and reward
@@ -220,9 +224,10 @@ class EntropyReport(pl.Callback):
             ax_dh.plot(steps, smooth("entropy_change_pred_reweight"), color="#2ca02c", linestyle="--",
                        linewidth=1.5, label="added by the scheme's weights")
         ax_dh.axhline(0, color="grey", linewidth=0.6)
-        ax_dh.set(xlabel="step", ylabel="A·ω·π(a)·(s−H), mean per token",
-                  title="Predicted entropy change by quadrant (first order)")
-        ax_dh.legend(fontsize=8, loc="best")
+        ax_dh.set(ylabel="A·ω·π(a)·(s−H), mean per token", title="Predicted entropy change by quadrant (first order)")
+        ax_dh.tick_params(labelbottom=False)
+        ax_dh.legend(fontsize=7, loc="best")
+        self.draw_reweighted(ax_rw)
 
         # 3. entropy by relative position, early / middle / late
         centers = [(k + 0.5) / self.position_buckets for k in range(self.position_buckets)]
@@ -247,6 +252,23 @@ class EntropyReport(pl.Callback):
         ax_share.set(xlabel="step", ylabel="share of tokens", title="Tokens per quadrant", ylim=(0, 1))
         ax_share.legend(fontsize=8, loc="lower left")
         return fig
+
+    def draw_reweighted(self, ax) -> None:
+        """Which tokens the weights moved: the share above their position's entropy, and of all tokens."""
+        h, steps = self.history, self.history["step"]
+        above = [x for x in h["reweighted_above_entropy_share"] if math.isfinite(x)]
+        pred = [x for x in h["entropy_change_pred_reweight"] if math.isfinite(x)]
+        if above:
+            ax.plot(steps, moving_average(h["reweighted_above_entropy_share"], self.smoothing), color="#2ca02c",
+                    linewidth=1.5, label="reweighted tokens with s>H (share of them)")
+        ax.plot(steps, moving_average(h["reweighted_share"], self.smoothing), color="#7f7f7f", linewidth=1.2,
+                label="reweighted tokens (share of all)")
+        title = "Reweighted: " + (f"{100 * sum(above) / len(above):.0f}% above their entropy" if above else "none")
+        if pred:
+            title += f"; ΔH from the weights {sum(pred) / len(pred):+.2g}/token"
+        ax.set(xlabel="step", ylabel="share", ylim=(0, 1.02), title=title)
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7, loc="best")
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:

@@ -94,7 +94,15 @@ def step_stats(
       ``entropy_change_pred_<q> / sum_q |entropy_change_pred_<q>|`` (negative: it lowers H; the absolute
       values add up to 1; all 0 when nothing moves).
     - ``entropy_change_pred_reweight``: ``entropy_change_pred`` minus the same with w = 1: what the
-      scheme's token weights add (> 0: the reweighting pushes entropy up, offsetting collapse).
+      scheme's token weights add (> 0: the reweighting pushes entropy up, offsetting collapse). Exactly
+      sum over valid tokens of A * (w - 1) * pi(a) * (s - H), divided by the number of valid tokens: the
+      predicted change of the batch-mean entropy due to the reweighting alone, per unit step size, first
+      order, the sampled token's logit term only (``predicted_entropy_change``).
+    - ``reweighted_share``: share of valid tokens whose weight is not 1 (the tokens the scheme moved);
+      ``reweighted_above_entropy_share``: the share of those with s > H of the same position (NaN when
+      the scheme moved none). For an upweighted A > 0 token or a damped A < 0 one, s > H is the side
+      on which the reweighting raises H; read it beside ``entropy_change_pred_reweight``, which has the
+      signs of A and w - 1 in it.
     - ``entropy_position_<k>of<K>`` (``position_buckets`` K > 0): mean H of the tokens whose relative
       position in their completion falls in bucket k (``relative_position_buckets``); a bucket with no
       token on any rank is left out.
@@ -125,11 +133,13 @@ def step_stats(
     quads = quadrant_masks(entropy, surprisal, adv, valid)  # (4, B, T)
     dh = predicted_entropy_change(entropy, surprisal, adv, weights, valid)  # (B, T)
     dh_plain = predicted_entropy_change(entropy, surprisal, adv, None, valid)  # (B, T)
+    moved = valid & (weights != 1)  # (B, T) tokens the scheme reweighted
     parts = [total(valid), total(torch.where(valid, entropy, zero)), total(torch.where(valid, surprisal, zero))]
     parts += [total(q) for q in quads]  # 4 token counts
     parts.append(total(valid & (adv == 0)))
     parts += [total(torch.where(q, dh, 0.0)) for q in quads]  # 4 predicted-change sums
     parts.append(total(dh_plain))
+    parts += [total(moved), total(moved & (surprisal > entropy))]
     if forking_entropy is not None:
         forking = valid & (entropy > forking_entropy)  # (B, T)
         parts += [total(forking), total(torch.where(forking, entropy, zero))]
@@ -148,7 +158,8 @@ def step_stats(
     if count == 0:
         return {}
     shares, zero_adv, dh_q, dh_plain_sum = sums[3:7], sums[7], sums[8:12], sums[12]
-    rest = sums[13:]
+    n_moved, n_moved_above = sums[13:15]
+    rest = sums[15:]
     stats = {"token_count": count, "entropy_mean": h_sum / count, "surprisal_mean": s_sum / count}
     stats |= {f"quadrant_{q}": n / count for q, n in zip(QUADRANTS, shares)}
     stats["zero_adv_share"] = zero_adv / count
@@ -158,6 +169,8 @@ def step_stats(
         stats[f"entropy_change_share_{q}"] = x / moved if moved > 0 else 0.0
     stats["entropy_change_pred"] = sum(dh_q) / count
     stats["entropy_change_pred_reweight"] = (sum(dh_q) - dh_plain_sum) / count
+    stats["reweighted_share"] = n_moved / count
+    stats["reweighted_above_entropy_share"] = n_moved_above / n_moved if n_moved > 0 else math.nan
     if forking_entropy is not None:
         n_fork, h_fork = rest.pop(0), rest.pop(0)
         stats["forking_token_share"] = n_fork / count

@@ -175,6 +175,30 @@ def test_reweight_term_is_what_the_weights_add():
     assert step_stats(empty, "test") == {}
 
 
+def test_which_tokens_were_reweighted_and_what_that_alone_predicts():
+    """hand_outputs' valid tokens (H, s, A): (1, 0.5, +1) (2, 3, +1) (0.5, 2, +1) (1.5, 1, 0) (3, 3, −2).
+
+    Weights 1.5 on tokens 1 (s < H) and 2 (s > H), 0.5 on token 5 (s = H: not above), 7 on the padding:
+    3 of 5 valid tokens reweighted, 1 of those 3 above its entropy. The reweighting alone predicts
+    sum A·(w − 1)·π(a)·(s − H) / 5 = (1·0.5·e^−0.5·(−0.5) + 1·0.5·e^−3·1 + (−2)·(−0.5)·e^−3·0) / 5."""
+    out = hand_outputs()
+    out["weights"] = torch.tensor([[1.5, 1.5, 7.0], [1.0, 1.0, 0.5]])
+    got = EntropyMonitor(quantiles=(0.5,), position_buckets=0, forking_entropy=None).compute(out)
+    assert got["reweighted_share"] == pytest.approx(3 / 5)
+    assert got["reweighted_above_entropy_share"] == pytest.approx(1 / 3)
+    expected = (-0.25 * math.exp(-0.5) + 0.5 * math.exp(-3)) / 5
+    assert got["entropy_change_pred_reweight"] == pytest.approx(expected)
+    # moving only the token above its entropy: every reweighted token is above, and the prediction is > 0
+    out["weights"] = torch.tensor([[1.0, 1.5, 1.0], [1.0, 1.0, 1.0]])
+    got = step_stats(out, "test")
+    assert (got["reweighted_share"], got["reweighted_above_entropy_share"]) == (pytest.approx(0.2), 1.0)
+    assert got["entropy_change_pred_reweight"] == pytest.approx(0.5 * math.exp(-3) / 5) and expected < 0
+    # nothing reweighted (GRPO, or STARE's gate closed): share 0, the share above H undefined
+    got = step_stats(hand_outputs(), "test")
+    assert got["reweighted_share"] == 0.0 and math.isnan(got["reweighted_above_entropy_share"])
+    assert got["entropy_change_pred_reweight"] == 0.0
+
+
 # --------------------------------------------------------------------------------------------
 # histograms
 

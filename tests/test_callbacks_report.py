@@ -107,3 +107,24 @@ def test_entropy_callbacks_on_the_grpo_module(tiny_policy, tmp_path):
     # Both predictions sum Â·ω·π(a)·(s − H) over tokens (stare_lit.ops.entropy_dynamics): 0 on a flat batch.
     assert logged["entropy_monitor/entropy_change_pred"] != 0.0
     assert logged["entropy_monitor/entropy_change_pred_reweight"] != 0.0
+
+
+def test_report_shows_which_tokens_the_weights_moved(tmp_path):
+    """hand_outputs with w = 1.5 on a token below its entropy and on one above it, 0.5 on one at s = H:
+    a third of the reweighted tokens are above their entropy; with w ≡ 1 the panel says none."""
+    from tests.test_callbacks import hand_outputs
+
+    moved = hand_outputs()
+    moved["weights"] = torch.tensor([[1.5, 1.5, 1.0], [1.0, 1.0, 0.5]])
+    report = EntropyReport(every_n_steps=0, dpi=30)
+    fit(tmp_path, [moved] * 3 + [hand_outputs()], [report], logger=False)
+    h = report.history
+    assert h["reweighted_share"] == pytest.approx([0.6, 0.6, 0.6, 0.0])
+    assert h["reweighted_above_entropy_share"][:3] == pytest.approx([1 / 3] * 3)
+    assert math.isnan(h["reweighted_above_entropy_share"][3])
+    titles = [ax.get_title() for ax in report.figure().axes]
+    pred = (-0.25 * math.exp(-0.5) + 0.5 * math.exp(-3)) / 5 * 3 / 4  # the mean over the four steps
+    assert f"Reweighted: 33% above their entropy; ΔH from the weights {pred:+.2g}/token" in titles
+    plain = EntropyReport(every_n_steps=0, dpi=30)
+    fit(tmp_path / "plain", [hand_outputs()] * 2, [plain], logger=False)
+    assert any(t.startswith("Reweighted: none") for t in (ax.get_title() for ax in plain.figure().axes))

@@ -49,7 +49,11 @@ def test_sample_accuracy_by_hand():
     assert out["mean@4"] == pytest.approx(4 / 8)
     assert out["pass@1"] == pytest.approx((3 / 4 + 1 / 4) / 2)
     assert out["pass@2"] == pytest.approx((1.0 + 0.5) / 2)  # c=3: 1 − C(1,2)/C(4,2) = 1; c=1: 0.5
+    assert out["pass@3"] == pytest.approx((1.0 + 0.75) / 2)  # every k: c=1: 1 − C(3,3)/C(4,3) = 3/4
     assert out["pass@4"] == pytest.approx(1.0)
+    assert [k for k in out if k.startswith("pass@")] == ["pass@1", "pass@2", "pass@3", "pass@4"]
     assert out["distinct_correct"] == pytest.approx((2 + 1) / 2)  # {a, c} and {w}
+    short = sample_accuracy(correct, texts, levels=[1, 4])  # evaluate's table: k = 1, 2, 4, …, n
+    assert [k for k in short if k.startswith("pass@")] == ["pass@1", "pass@4"] and short["pass@4"] == out["pass@4"]
     with pytest.raises(ValueError, match="the same number of samples"):
         sample_accuracy([[True], [True, False]])

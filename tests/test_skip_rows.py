@@ -64,13 +64,16 @@ def skipped_rows(tokens) -> torch.Tensor:
 SCHEMES = {
     "grpo": GRPO, "stare": lambda: STARE(target_entropy=100.0, top_ratio=0.3, w=1.5),
     "stare-c2-step": lambda: STARE(target_entropy=100.0, top_ratio=0.3, variant="C2", scope="step"),
+    "stare-above": lambda: STARE(target_entropy=100.0, top_ratio=0.3, w=1.5, selection="above_entropy"),
+    "stare-above-c2-step": lambda: STARE(target_entropy=100.0, top_ratio=0.3, variant="C2", m=0.5, scope="step",
+                                         selection="above_entropy"),
     "steer": lambda: STEER(mapping="linear", w_max=1.2), "80/20": lambda: HighEntropyTokens(0.5),
     "entropy-advantage": EntropyAdvantage, "compose": lambda: Compose([EntropyAdvantage(), STARE(target_entropy=100.0)]),
 }
 SETTINGS = {"fused": {}, "micro-batches": {"micro_batch_size": 4}, "mu=2": {"updates_per_batch": 2}}
 
 
-CASES = [(name, "fused") for name in SCHEMES] + [(name, setting) for name in ("stare", "stare-c2-step", "80/20")
+CASES = [(name, "fused") for name in SCHEMES] + [(name, setting) for name in ("stare", "stare-c2-step", "stare-above", "stare-above-c2-step", "80/20")
                                                   for setting in ("micro-batches", "mu=2")]
 
 
@@ -97,6 +100,8 @@ def test_skipping_leaves_loss_and_gradients_unchanged(tiny_policy, name, setting
     assert torch.equal(tokens.mask, tokens_all.mask)
     torch.testing.assert_close(tokens.advantages, tokens_all.advantages)
     torch.testing.assert_close(tokens.weights, tokens_all.weights)
+    if name.startswith("stare-above"):  # the rule selected tokens here, so the check above says something
+        assert (tokens_all.weights != 1).any()
 
 
 @pytest.mark.parametrize("scheme", [EntropyBonus, KLCov])

@@ -5,9 +5,12 @@
 
 Each run is ``stare-lit fit --config BASE --config SCHEME`` in its own process (a crash or a
 leak in one run cannot touch another) writing to OUT/<scheme>/seed<k>/; a finished run is not
-repeated, so an interrupted comparison picks up where it stopped. Then it writes
-OUT/summary.md, OUT/summary.csv, OUT/runs.csv and OUT/curves.png (entropy, reward and validation
-accuracy against step, one line per scheme, mean over seeds).
+repeated, so an interrupted comparison picks up where it stopped. While they run, the console says
+every 15 s where each run is (step, entropy now, time left; ``compare_progress``). Then it writes
+OUT/summary.md (the table, headed in words), OUT/summary.csv and OUT/runs.csv (the same by column
+key), OUT/curves.png (entropy, reward and validation accuracy against step, one line per scheme,
+mean over seeds), OUT/pass_at_k.png and OUT/pass_at_k.csv (pass@k for every k at the last
+validation, per scheme), and prints a short verdict: one line per scheme, then those paths.
 """
 
 from __future__ import annotations
@@ -25,26 +28,38 @@ import pandas as pd
 from stare_lit.commands.cli import check_fit
 from stare_lit.commands.inputs import check_count, check_file, check_output_dir, check_seed
 from stare_lit.errors import check
+from stare_lit.commands.compare_progress import ProgressWatcher
 
 DEFAULT_SCHEMES = ["configs/schemes/grpo.yaml", "configs/schemes/stare.yaml", "configs/schemes/steer.yaml",
                    "configs/schemes/erpo.yaml"]
+
+
+PROGRESS_EVERY_S = 15.0  # how often the console says where each run is
+FLUSH_EVERY_STEPS = 10  # the runs' CSV logger writes metrics.csv this often, for the progress lines
 
 
 def fit_arguments(base: str, scheme: str, seed: int, max_steps: int, out: Path, extra: list[str]) -> list[str]:
     """The ``stare-lit fit`` settings of one scheme × seed, writing to ``out``."""
     return ["--config", base, "--config", scheme, "--seed_everything", str(seed), "--trainer.max_steps", str(max_steps),
             "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
-            "--trainer.logger.init_args.version", "run", "--trainer.enable_progress_bar", "false", *extra]
+            "--trainer.logger.init_args.version", "run", "--trainer.enable_progress_bar", "false",
+            "--trainer.logger.init_args.flush_logs_every_n_steps", str(FLUSH_EVERY_STEPS), *extra]
 
 
-def run_one(base: str, scheme: str, seed: int, max_steps: int, out: Path, extra: list[str], threads: int) -> float:
+def run_one(base: str, scheme: str, seed: int, max_steps: int, out: Path, extra: list[str], threads: int,
+            watch: ProgressWatcher | None = None) -> float:
     """Train one scheme × seed unless already done; returns the wall time in seconds."""
     done = out / "wall_time_s.txt"
+    name = run_name(scheme, seed)
     if done.exists():
+        if watch is not None:
+            watch.done(name, float(done.read_text()), earlier=True)
         return float(done.read_text())
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "stare_lit.commands.cli", "fit", *fit_arguments(base, scheme, seed, max_steps, out, extra)]
+    if watch is not None:
+        watch.start(name, out / "log.txt")
     start = time.perf_counter()
     with open(out / "log.txt", "w") as log:
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
@@ -52,7 +67,14 @@ def run_one(base: str, scheme: str, seed: int, max_steps: int, out: Path, extra:
         raise RuntimeError(f"compare: {scheme} seed {seed} failed (exit {code}); see {out / 'log.txt'}")
     wall = time.perf_counter() - start
     done.write_text(f"{wall:.1f}")
+    if watch is not None:
+        watch.done(name, wall)
     return wall
+
+
+def run_name(scheme: str, seed: int) -> str:
+    """A run as the console and the tables name it: the overlay's file name and the seed."""
+    return f"{Path(scheme).stem} seed {seed}"
 
 
 def steps_until_halved(entropy: pd.Series, window: int = 10) -> float:
@@ -71,9 +93,16 @@ def window_means(series: pd.Series) -> tuple[float, float, float]:
             series.iloc[-tenth:].mean())
 
 
-def summarise_run(metrics_csv: Path) -> tuple[dict, pd.DataFrame]:
-    """One run's row of the table, and its per-step curves."""
+def read_metrics(metrics_csv: Path, max_steps: int | None = None) -> pd.DataFrame:
+    """A run's metrics.csv, cut to its first ``max_steps`` steps (a longer run counts as its prefix: training
+    does not depend on max_steps, and the validation after step s is logged at step s − 1)."""
     df = pd.read_csv(metrics_csv)
+    return df[df["step"] < max_steps] if max_steps is not None else df
+
+
+def summarise_run(metrics_csv: Path, max_steps: int | None = None) -> tuple[dict, pd.DataFrame]:
+    """One run's row of the table, and its per-step curves (of the first ``max_steps`` steps, if given)."""
+    df = read_metrics(metrics_csv, max_steps)
     train = df.dropna(subset=["train/entropy"]).set_index("step")
     val_cols = [c for c in df.columns if c.startswith("val/mean@")]
     val = df.dropna(subset=val_cols[:1]).set_index("step") if val_cols else pd.DataFrame()
@@ -89,6 +118,7 @@ def summarise_run(metrics_csv: Path) -> tuple[dict, pd.DataFrame]:
     if fork is not None:  # EntropyMonitor with forking_entropy set: mean H at forking positions
         row |= dict(zip(["fork_entropy_start", "fork_entropy_middle", "fork_entropy_end"], window_means(fork)))
         row["fork_share_end"] = window_means(train["entropy_monitor/forking_token_share"])[2]
+    row |= reweighting(train)
     row |= {
         "reward_start": train["train/reward"].iloc[:third].mean(),
         "reward_end": train["train/reward"].iloc[-third:].mean(),
@@ -99,13 +129,104 @@ def summarise_run(metrics_csv: Path) -> tuple[dict, pd.DataFrame]:
         final = val.iloc[-1]
         row |= {"mean@k_final": final[val_cols[0]], "mean@k_best": val[val_cols[0]].max(),
                 "pass@1_final": final.get("val/pass@1", math.nan), "pass@k_final": final[f"val/pass@{k}"],
-                "distinct_correct_final": final.get("val/distinct_correct", math.nan)}
+                "distinct_correct_final": final.get("val/distinct_correct", math.nan), "val_k": k,
+                "val_step": float(final.name)}
     curves = pd.DataFrame({"entropy": entropy, "reward": train["train/reward"]})
     if fork is not None:
         curves["fork_entropy"] = fork
     if val_cols:
-        curves = curves.join(val[[val_cols[0]]].rename(columns={val_cols[0]: "val_mean@k"}), how="outer")
+        keep = {val_cols[0]: "val_mean@k", "val/distinct_correct": "val_distinct_correct"}
+        curves = curves.join(val[[c for c in keep if c in val]].rename(columns=keep), how="outer")
     return row, curves
+
+
+def reweighting(train: pd.DataFrame) -> dict[str, float]:
+    """Which tokens the scheme reweighted over the run (EntropyMonitor's attribution; {} without it).
+
+    ``reweighted_share``: mean share of tokens with ω ≠ 1 per step; ``reweighted_above_entropy_share``:
+    of the reweighted tokens, the share with s > H of their position, each step weighted by how many
+    tokens it reweighted (NaN if none ever was); ``reweight_entropy_change``: the mean per step of the
+    predicted ΔH of the reweighting alone (first order, per unit step size, per token).
+    """
+    key = "entropy_monitor/reweighted_share"
+    if key not in train:
+        return {}
+    moved = train[key].fillna(0.0)
+    above = train["entropy_monitor/reweighted_above_entropy_share"].fillna(0.0)
+    return {"reweighted_share": moved.mean(),
+            "reweighted_above_entropy_share": (above * moved).sum() / moved.sum() if moved.sum() > 0 else math.nan,
+            "reweight_entropy_change": train["entropy_monitor/entropy_change_pred_reweight"].mean()}
+
+
+def final_pass_at_k(metrics_csv: Path, max_steps: int | None = None) -> pd.Series:
+    """pass@k for every k the last validation logged (``val/pass@k``, stare_lit.ops.sample_accuracy), by k."""
+    df = read_metrics(metrics_csv, max_steps)
+    cols = sorted((int(c.split("@")[1]), c) for c in df.columns if c.startswith("val/pass@"))
+    if not cols:
+        return pd.Series(dtype=float)
+    last = df.dropna(subset=[cols[0][1]]).iloc[-1]
+    return pd.Series({k: float(last[c]) for k, c in cols}, name="pass@k")
+
+
+def column_words(k: int) -> dict[str, str]:
+    """The summary table's headers, in words, for validation with k samples per prompt."""
+    return {
+        "entropy_start": "entropy start", "entropy_middle": "entropy middle", "entropy_end": "entropy end",
+        "steps_to_half_entropy": "steps to half the start entropy (per seed)", "fork_entropy_start": "fork entropy start",
+        "fork_entropy_middle": "fork entropy middle", "fork_entropy_end": "fork entropy end",
+        "fork_share_end": "forking tokens at the end", "reweighted_share": "tokens reweighted",
+        "reweighted_above_entropy_share": "reweighted tokens above their entropy",
+        "reweight_entropy_change": "predicted ΔH of the reweighting", "reward_start": "train reward start",
+        "reward_end": "train reward end", "completion_length": "completion tokens",
+        "mean@k_final": f"val mean@{k}", "mean@k_best": f"best val mean@{k}", "pass@1_final": "val pass@1",
+        "pass@k_final": f"val pass@{k}", "distinct_correct_final": "distinct correct per prompt",
+        "wall_time_s": "wall time (s)",
+    }
+
+
+PERCENT = ("fork_share_end", "reweighted_share", "reweighted_above_entropy_share")  # shown as percentages
+SPREAD = ("entropy_end", "fork_entropy_end", "reweighted_above_entropy_share", "mean@k_final", "mean@k_best",
+          "pass@1_final", "pass@k_final", "distinct_correct_final")  # shown with ± std over seeds
+
+
+def format_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """The summary table as text, one row per scheme: means over seeds, ± std on the columns that decide,
+    percentages for shares, the predicted ΔH in two significant digits, steps to half the entropy per seed."""
+    numeric = runs.drop(columns=["seed", "val_k", "val_step"], errors="ignore").groupby("scheme", sort=False)
+    mean, std = numeric.mean(), numeric.std()  # std is NaN for a scheme with one seed: no ± then
+
+    def cell(col: str, m: float, sd: float) -> str:
+        if math.isnan(m):
+            return "—"
+        if col in PERCENT:
+            text, spread = f"{100 * m:.1f}%", f" ± {100 * sd:.1f}%"
+        elif col == "reweight_entropy_change":
+            return f"{m:+.2g}"
+        elif abs(m) >= 100:
+            return f"{m:.0f}"
+        else:
+            text, spread = f"{m:.3f}", f" ± {sd:.3f}"
+        return text + (spread if col in SPREAD and not math.isnan(sd) else "")
+
+    table = pd.DataFrame({col: [cell(col, m, sd) for m, sd in zip(mean[col], std[col])] for col in mean.columns},
+                         index=mean.index)
+    if "steps_to_half_entropy" in runs:  # per seed: a mean hides a seed that never halved
+        table["steps_to_half_entropy"] = [", ".join("never" if math.isnan(v) else f"{v:.0f}" for v in group)
+                                          for _, group in runs.groupby("scheme", sort=False)["steps_to_half_entropy"]]
+    return table
+
+
+def verdict(runs: pd.DataFrame) -> list[str]:
+    """One line per scheme a newcomer can read without the table (means over seeds)."""
+    lines = []
+    for scheme, group in runs.groupby("scheme", sort=False):
+        m = group.mean(numeric_only=True)
+        line = f"{scheme}: entropy {m['entropy_start']:.3f} → {m['entropy_end']:.3f} nats"
+        if "pass@k_final" in m:
+            line += (f", {m['distinct_correct_final']:.2f} distinct correct solutions per prompt, "
+                     f"pass@1 {m['pass@1_final']:.3f}, pass@{int(m['val_k'])} {m['pass@k_final']:.3f}")
+        lines.append(line + (f" (mean of {len(group)} seeds)" if len(group) > 1 else ""))
+    return lines
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -124,7 +245,8 @@ def plot(curves: dict[str, pd.DataFrame], path: Path) -> None:
 
     panels = [("entropy", 10, "token entropy (10-step mean)"),
               ("fork_entropy", 10, "entropy at forking positions (10-step mean)"),
-              ("reward", 10, "train reward (10-step mean)"), ("val_mean@k", 1, "validation mean@k")]
+              ("reward", 10, "train reward (10-step mean)"), ("val_mean@k", 1, "validation mean@k (accuracy)"),
+              ("val_distinct_correct", 1, "validation: distinct correct per prompt")]
     panels = [p for p in panels if any(p[0] in c for c in curves.values())]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     for name, c in curves.items():
@@ -163,6 +285,67 @@ def check_settings(*, schemes: list[str], seeds: list[int], base: str, max_steps
     check_output_dir(out_dir, "compare --out_dir")
 
 
+def plot_pass_at_k(curves: pd.DataFrame, path: Path):
+    """pass@k against k, one line per scheme (mean over seeds, a band of ± one std when several).
+
+    ``curves``: one row per run and k (columns scheme, seed, k, pass@k). Returns the Figure (for tests).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for scheme, runs in curves.groupby("scheme", sort=False):
+        by_k = runs.groupby("k")["pass@k"]
+        mean, std = by_k.mean(), by_k.std().fillna(0.0)
+        seeds = runs["seed"].nunique()
+        ax.plot(mean.index, mean.values, marker="o", markersize=3, label=f"{scheme} ({seeds} seed{'s' * (seeds > 1)})")
+        if seeds > 1:
+            ax.fill_between(mean.index, mean - std, mean + std, alpha=0.15)
+    ks = sorted(curves["k"].unique())
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([k for k in ks if k & (k - 1) == 0], labels=[str(k) for k in ks if k & (k - 1) == 0])
+    ax.set(xlabel="k (samples per prompt)", ylabel="pass@k (unbiased)",
+           title=f"pass@k at the last validation, k = 1 … {max(ks)}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=90)
+    return fig
+
+
+def write_summary(out: Path, jobs: list[tuple[str, int]], walls: list[float], seeds: list[int], max_steps: int,
+                  base: str) -> list[str]:
+    """Summarise every run into out/ (tables, curves, pass@k); returns the verdict lines and the paths."""
+    rows, per_scheme, pass_rows = [], {}, []
+    for (scheme, seed), wall in zip(jobs, walls):
+        metrics = out / Path(scheme).stem / f"seed{seed}" / "run" / "metrics.csv"
+        row, c = summarise_run(metrics, max_steps)
+        rows.append({"scheme": Path(scheme).stem, "seed": seed, **row, "wall_time_s": wall})
+        per_scheme.setdefault(Path(scheme).stem, []).append(c)
+        pass_rows += [{"scheme": Path(scheme).stem, "seed": seed, "k": k, "pass@k": v}
+                      for k, v in final_pass_at_k(metrics, max_steps).items()]
+    curves = {name: pd.concat(cs).groupby(level=0).mean() for name, cs in per_scheme.items()}
+    runs = pd.DataFrame(rows)
+    runs.to_csv(out / "runs.csv", index=False)
+    runs.drop(columns=["seed"]).groupby("scheme", sort=False).mean().to_csv(out / "summary.csv")
+    k = int(runs["val_k"].iloc[0]) if "val_k" in runs else 0
+    table = format_table(runs)
+    table = table.rename(columns=column_words(k))
+    (out / "summary.md").write_text(
+        f"{len(seeds)} seed(s) × {max_steps} steps, base {base}; mean over seeds (± std). Start, middle and end: means "
+        f"over the first, middle and last 10% of the steps; validation: the last one ({k} samples per prompt)\n\n"
+        + markdown(table) + "\n")
+    plot(curves, out / "curves.png")
+    paths = [f"table:  {out / 'summary.md'}", f"curves: {out / 'curves.png'}"]
+    if pass_rows:
+        pass_at_k = pd.DataFrame(pass_rows)
+        pass_at_k.to_csv(out / "pass_at_k.csv", index=False)
+        plot_pass_at_k(pass_at_k, out / "pass_at_k.png")
+        paths.append(f"pass@k: {out / 'pass_at_k.png'}")
+    return verdict(runs) + [""] + paths
+
+
 def compare(
     schemes: list[str] = DEFAULT_SCHEMES,
     seeds: list[int] = [0, 1, 2],  # noqa: B006 - jsonargparse shows it as the default
@@ -195,28 +378,14 @@ def compare(
     for scheme in schemes:  # what `stare-lit fit` would refuse, refused now: before any run starts
         check_fit(fit_arguments(base, scheme, seeds[0], max_steps, run_dir(scheme, seeds[0]), extra_args),
                   f"compare: the run of --schemes {scheme} (on --base {base}, with --extra_args)")
-    with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads only wait on the subprocesses
+    watch = ProgressWatcher({run_name(*job): run_dir(*job) / "run" / "metrics.csv" for job in grid}, max_steps, jobs,
+                            every=PROGRESS_EVERY_S)
+    print(f"compare: {len(grid)} runs of {max_steps} steps, {jobs} at a time; each run's console goes to its log.txt",
+          flush=True)
+    with watch, ThreadPoolExecutor(max_workers=jobs) as pool:  # threads only wait on the subprocesses
         walls = list(pool.map(lambda job: run_one(base, job[0], job[1], max_steps, run_dir(*job), extra_args,
-                                                  threads), grid))
-    rows, per_scheme = [], {}
-    for (scheme, seed), wall in zip(grid, walls):
-        row, c = summarise_run(run_dir(scheme, seed) / "run" / "metrics.csv")
-        rows.append({"scheme": Path(scheme).stem, "seed": seed, **row, "wall_time_s": wall})
-        per_scheme.setdefault(Path(scheme).stem, []).append(c)
-    curves = {name: pd.concat(cs).groupby(level=0).mean() for name, cs in per_scheme.items()}
-    runs = pd.DataFrame(rows)
-    runs.to_csv(out / "runs.csv", index=False)
-    numeric = runs.drop(columns=["seed"]).groupby("scheme", sort=False)
-    mean, std = numeric.mean(), numeric.std()
-    mean.to_csv(out / "summary.csv")
-    table = mean.map(lambda v: f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}")
-    for col in ["mean@k_final", "mean@k_best", "pass@1_final", "pass@k_final", "distinct_correct_final",
-                "entropy_end", "fork_entropy_end"]:
-        if col in mean:
-            table[col] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(mean[col], std[col].fillna(0))]
-    (out / "summary.md").write_text(
-        f"{len(seeds)} seeds × {max_steps} steps, base {base}; mean over seeds (± std)\n\n" + markdown(table) + "\n")
-    plot(curves, out / "curves.png")
-    print((out / "summary.md").read_text())
-    print(f"table: {out / 'summary.md'}\ncurves: {out / 'curves.png'}")
+                                                  threads, watch), grid))
+    lines = write_summary(out, grid, walls, seeds, max_steps, base)
+    print("\nVerdict (seed mean where several; entropy: first → last 10% of steps; the rest at the last validation):")
+    print("\n".join(lines))
     return out

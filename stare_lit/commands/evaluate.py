@@ -40,7 +40,7 @@ from stare_lit.errors import check
 from stare_lit.train.checkpoint import check_checkpoint_file, check_same_model
 from stare_lit.train.policy import check_model_source
 from stare_lit.commands.export import read_policy_state
-from stare_lit.ops.metrics import sample_accuracy
+from stare_lit.ops.metrics import pass_at_k_levels, sample_accuracy
 from stare_lit.module import GRPOModule
 from stare_lit.rollout.streams import EVALUATION, stream_seed
 
@@ -247,7 +247,7 @@ def summarise(rows: list[dict], n: int) -> dict[str, float]:
     samples = [(length, cut) for row in rows for length, cut in zip(row["lengths"], row["truncated"])]
     totals = [v for row in rows for v in row["scores"]["total"]]
     scored = [v for v in totals if v is not None]
-    return {"prompts": float(len(rows)), "n": float(n), **sample_accuracy(correct, solutions),
+    return {"prompts": float(len(rows)), "n": float(n), **sample_accuracy(correct, solutions, pass_at_k_levels(n)),
             "mean_reward": sum(scored) / len(scored) if scored else math.nan,
             "mean_length": sum(length for length, _ in samples) / len(samples),
             "frac_truncated": sum(cut for _, cut in samples) / len(samples),

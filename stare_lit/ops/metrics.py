@@ -26,15 +26,18 @@ def pass_at_k_levels(n: int) -> list[int]:
     return levels if levels[-1] == n else [*levels, n]
 
 
-def sample_accuracy(correct: list[list[bool]], solutions: list[list[str]] | None = None) -> dict[str, float]:
+def sample_accuracy(correct: list[list[bool]], solutions: list[list[str]] | None = None,
+                    levels: list[int] | None = None) -> dict[str, float]:
     """What n samples per prompt say about a policy, averaged over prompts.
 
     Args:
         correct: for each prompt, whether each of its n samples is correct (n the same for all).
         solutions: the samples' texts (normalised as the caller sees fit), to count distinct correct ones.
+        levels: the k of pass@k; default every k = 1 … n (the whole pass@k curve: validation logs it so
+            that a run's curve can be drawn from its metrics), e.g. :func:`pass_at_k_levels` for a short table.
 
-    Returns ``mean@n`` (the mean fraction correct), ``pass@k`` for k in :func:`pass_at_k_levels` (the
-    unbiased estimator) and, with ``solutions``, ``distinct_correct`` (distinct correct texts per prompt).
+    Returns ``mean@n`` (the mean fraction correct), ``pass@k`` for k in ``levels`` (the unbiased
+    estimator) and, with ``solutions``, ``distinct_correct`` (distinct correct texts per prompt).
     Example: correct=[[1, 0], [0, 0]] → mean@2 0.25, pass@1 0.25, pass@2 0.5.
     """
     if not correct:
@@ -44,7 +47,7 @@ def sample_accuracy(correct: list[list[bool]], solutions: list[list[str]] | None
         raise ValueError("sample_accuracy: every prompt needs the same number of samples")
     counts = [sum(map(bool, row)) for row in correct]
     out = {f"mean@{n}": sum(counts) / (n * len(counts))}
-    for k in pass_at_k_levels(n):
+    for k in levels if levels is not None else range(1, n + 1):
         out[f"pass@{k}"] = sum(pass_at_k(n, c, k) for c in counts) / len(counts)
     if solutions is not None:
         distinct = [len({s for s, ok in zip(texts, row) if ok}) for texts, row in zip(solutions, correct)]

@@ -7,9 +7,9 @@ checkpointed with the module.
 """
 
 from stare_lit.schemes.base import TokenBatch, TokenWeighting, GRPO, Compose
-from stare_lit.schemes.stare import STARE, stare_selection, stare_token_weights
+from stare_lit.schemes.stare import STARE, above_entropy_selection, stare_selection, stare_token_weights
 from stare_lit.schemes.steer import STEER, steer_omega, steer_token_weights
 from stare_lit.schemes.erpo import ERPO
 from stare_lit.schemes.baselines import HighEntropyTokens, ClipCov, KLCov, EntropyAdvantage, EntropyBonus
 
-__all__ = ["TokenBatch", "TokenWeighting", "GRPO", "Compose", "STARE", "stare_selection", "stare_token_weights", "STEER", "steer_omega", "steer_token_weights", "ERPO", "HighEntropyTokens", "ClipCov", "KLCov", "EntropyAdvantage", "EntropyBonus"]
+__all__ = ["TokenBatch", "TokenWeighting", "GRPO", "Compose", "STARE", "above_entropy_selection", "stare_selection", "stare_token_weights", "STEER", "steer_omega", "steer_token_weights", "ERPO", "HighEntropyTokens", "ClipCov", "KLCov", "EntropyAdvantage", "EntropyBonus"]

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from stare_lit.ops.distributed import gather_valid, is_distributed
+from stare_lit.ops.distributed import all_reduce_sum, gather_valid, is_distributed
 from stare_lit.errors import check
 
 from stare_lit.schemes.base import TokenBatch, TokenWeighting
@@ -60,6 +60,92 @@ def stare_selection(
     return top(t_pos), l_neg, t_pos, t_neg
 
 
+def capped_k(n: int, top_ratio: float) -> int:
+    """How many of n candidates STARE reweights: int(P·n + 0.999999) clamped to [1, n] (0 if n or P is 0).
+
+    The official code's ceil, kept exactly (a product just above an integer does not round up).
+    """
+    if n == 0 or top_ratio <= 0.0:
+        return 0
+    return min(max(1, int(n * top_ratio + 0.999999)), n)
+
+
+def above_entropy_selection(
+    logprobs: Tensor, entropy: Tensor, advantages: Tensor, mask: Tensor, top_ratio: float, negative: bool,
+    margin: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """STARE by the position's own entropy: the tokens whose update raises entropy, at most P of T+ (T−).
+
+    **stare-lit's extension, not the published code.** It is derived from the paper's own first-order
+    analysis (STARE §3; ``stare_lit.ops.entropy_dynamics``): a step on a sampled token with surprisal s at a
+    position of entropy H moves that entropy by ∝ A·π(a)·(s − H), so upweighting an A > 0 token raises
+    H exactly when s > H, and damping an A < 0 token raises H exactly when s > H too. The official
+    top-P surprisal quantile (``stare_selection``) is a proxy for s > H that fails at forks, where the
+    likelier branch has s just below H. Here:
+
+        L+ = tokens of T+ with s − H > margin, ranked by s − H, at most k+ = int(P·|T+| + 0.999999)
+        L− = the same inside T− (variant C2 only), at most k− = int(P·|T−| + 0.999999)
+
+    with k as in the official code (``capped_k``): the cap is a share of T+, not of the eligible
+    tokens, so a batch with few tokens above their entropy reweights only those (possibly none).
+    s = −log π_old(a) and H the entropy of π_old at the same position: both of the same distribution
+    (at μ = 1 they equal π_θ's values), both detached. s = H exactly is not selected at margin 0.
+
+    Ties at the cap are broken by position (row-major, earlier first), so the local result is exactly
+    min(k, eligible) tokens. Under several processes the ranking is world-level: k from the world's
+    |T+|, the threshold the k-th largest s − H of all ranks' eligible tokens; ties at the threshold
+    may add a few.
+
+    Args:
+        logprobs: (B, T) log π_old of the sampled tokens.
+        entropy: (B, T) entropy of π_old at each position.
+        advantages: (B, T) per-token Â; Â = 0 is never selected.
+        mask: (B, T) 1 on completion tokens.
+        top_ratio: P, the most of T+ (and of T−) that is selected.
+        negative: also select L− (variant C2).
+        margin: nats by which s must exceed H (>= 0).
+
+    Returns:
+        (L+, L−, T+, T−) as (B, T) bool masks; L− is empty unless ``negative``.
+
+    Example: T+ tokens with (s, H) = (1.2, 1.0), (0.9, 1.1), (2.0, 0.5), (0.1, 0.1), P = 0.5 → k = 2;
+    s − H = 0.2, −0.2, 1.5, 0 → eligible: the first and third → L+ = both.
+    """
+    valid = mask.bool()  # (B, T)
+    t_pos = valid & (advantages > 0)
+    t_neg = valid & (advantages < 0)
+    gap = (-logprobs.detach().float()) - entropy.detach().float()  # (B, T) s − H
+
+    def top(candidates: Tensor) -> Tensor:
+        eligible = candidates & (gap > margin)  # (B, T)
+        n = int(all_reduce_sum(candidates.sum().float()).item()) if is_distributed() else int(candidates.sum())
+        k = capped_k(n, top_ratio)
+        return largest_k(gap, eligible, k)
+
+    l_neg = top(t_neg) if negative else torch.zeros_like(valid)
+    return top(t_pos), l_neg, t_pos, t_neg
+
+
+def largest_k(values: Tensor, eligible: Tensor, k: int) -> Tensor:
+    """(B, T) bool: the k largest ``values`` among ``eligible`` (all of them if fewer), world-level.
+
+    One process: exactly min(k, |eligible|), ties broken by flat position (earlier first). Several:
+    every eligible token at or above the world's k-th largest value.
+    """
+    chosen = torch.zeros_like(eligible)
+    if is_distributed():
+        pooled = gather_valid(values, eligible)  # (n_world,)
+        k = min(k, pooled.numel())
+        return eligible & (values >= torch.topk(pooled, k).values[-1]) if k > 0 else chosen
+    idx = eligible.reshape(-1).nonzero().squeeze(-1)  # (n,) flat positions, in order
+    k = min(k, idx.numel())
+    if k == 0:
+        return chosen
+    order = torch.sort(values.reshape(-1)[idx].float(), descending=True, stable=True).indices[:k]
+    chosen.view(-1)[idx[order]] = True
+    return chosen
+
+
 def stare_token_weights(
     logprobs: Tensor,
     advantages: Tensor,
@@ -103,11 +189,20 @@ class STARE(TokenWeighting):
     get ``m`` (their update lowers entropy). Following the official code
     (github.com/hp-luo/STARE, compute_stare_token_weights).
 
+    Which tokens (``selection``): "top_surprisal" (the paper's rule and code) takes the top ``top_ratio``
+    of T+ by surprisal; "above_entropy" (**stare-lit's extension, not the published code**; see
+    ``above_entropy_selection``) takes the tokens of T+ whose surprisal exceeds their own position's
+    entropy under π_old by more than ``margin``, largest excess first, at most ``top_ratio`` of T+ —
+    the exact condition under which upweighting a token raises entropy in the paper's first-order
+    analysis. In C2 the same holds inside T− for M. Gate, W, M, the adaptive schedule and the
+    saturation warning are the same for both.
+
     Scope of the top-P selection (``scope``): "micro_batch" (official) ranks the tokens of each loss
     computation by their surprisal under π_θ; "step" ranks all tokens of the step batch (every
     micro-batch) once per update by their surprisal under π_old and keeps that set for its
-    micro-batches. With one micro-batch and μ = 1 the two are the same. Either way, under several
-    processes the ranking is over all ranks.
+    micro-batches ("above_entropy" uses π_old's surprisal and entropy in either scope). With one
+    micro-batch and μ = 1 the two are the same. Either way, under several processes the ranking is
+    over all ranks.
 
     The target is absolute (``target_entropy``, nats) or relative (``relative_target``: a fraction of
     the mean controller entropy over the first ``baseline_steps`` steps, so one YAML serves any warm
@@ -135,6 +230,8 @@ class STARE(TokenWeighting):
         w_max: upper bound of W under the adaptive schedule (lower bound 1).
         m_min: lower bound of M under the adaptive schedule (upper bound 1).
         scope: "micro_batch" or "step" (see above).
+        selection: "top_surprisal" (paper) or "above_entropy" (stare-lit's extension; see above).
+        margin: for "above_entropy", the nats by which s must exceed H (>= 0); must be 0 otherwise.
     """
 
     zero_advantage_inert = True  # Â = 0 tokens are never candidates; the counts use the mask only
@@ -154,6 +251,8 @@ class STARE(TokenWeighting):
         relative_target: float | None = None,
         baseline_steps: int = 10,
         saturation_window: int = 50,
+        selection: Literal["top_surprisal", "above_entropy"] = "top_surprisal",
+        margin: float = 0.0,
     ) -> None:
         key = "model.scheme.init_args"
         check(scope in ("micro_batch", "step"), f"{key}.scope must be 'micro_batch' or 'step', got {scope!r}")
@@ -169,6 +268,12 @@ class STARE(TokenWeighting):
               f"{key}.relative_target must be > 0 (e.g. 0.9 holds 90% of the early entropy), got {relative_target}")
         check(baseline_steps >= 1, f"{key}.baseline_steps must be >= 1, got {baseline_steps}")
         check(saturation_window >= 1, f"{key}.saturation_window must be >= 1, got {saturation_window}")
+        check(selection in ("top_surprisal", "above_entropy"),
+              f"{key}.selection must be 'top_surprisal' (the paper's rule) or 'above_entropy', got {selection!r}")
+        check(math.isfinite(margin) and margin >= 0,
+              f"{key}.margin must be a finite number of nats >= 0 (s must exceed H by more than it), got {margin}")
+        check(margin == 0 or selection == "above_entropy",
+              f"{key}.margin applies to selection: above_entropy only; set margin: 0 or selection: above_entropy")
         check(alpha >= 0, f"{key}.alpha must be >= 0, got {alpha}")
         check(w_max >= 1 and 0 < m_min <= 1, f"{key}: need w_max >= 1 and 0 < m_min <= 1, got {w_max}, {m_min}")
         self.relative_target = relative_target
@@ -181,6 +286,8 @@ class STARE(TokenWeighting):
         self.w_max = w_max
         self.m_min = m_min
         self.scope = scope
+        self.selection = selection
+        self.margin = margin
         self._step_selection: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
         # Mutable state (checkpointed): the live weights, the gate, the entropy it last saw.
         self.w = w
@@ -221,19 +328,28 @@ class STARE(TokenWeighting):
                            f"the target ({self.target_entropy:.4g}): the controller has no authority left. Raise "
                            f"w_max (or lower m_min), raise top_ratio, or lower the target")
 
+    def select(self, tokens: TokenBatch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(L+, L−, T+, T−) of ``tokens`` by the configured rule (π_θ for the paper's rule, as the official
+        code; π_old's surprisal and entropy for above_entropy)."""
+        negative = self.variant == "C2"
+        if self.selection == "top_surprisal":
+            return stare_selection(tokens.logprobs, tokens.advantages, tokens.mask, self.top_ratio, negative)
+        if tokens.old_entropy is None:
+            raise ValueError("STARE(selection='above_entropy') needs TokenBatch.old_entropy (π_old's entropy per position)")
+        return above_entropy_selection(tokens.old_logprobs, tokens.old_entropy, tokens.advantages, tokens.mask,
+                                       self.top_ratio, negative, self.margin)
+
     def prepare(self, step_tokens: TokenBatch) -> None:
         self._step_selection = None
         if self.scope == "step":
-            self._step_selection = stare_selection(step_tokens.logprobs, step_tokens.advantages, step_tokens.mask,
-                                                   self.top_ratio, negative=self.variant == "C2")
+            self._step_selection = self.select(step_tokens)
 
     def weights(self, tokens: TokenBatch) -> Tensor:
         if self._step_selection is not None:
             rows = tokens.rows if tokens.rows is not None else slice(None)
             l_pos, l_neg, t_pos, t_neg = (sel[rows] & tokens.mask.bool() for sel in self._step_selection)
         else:
-            l_pos, l_neg, t_pos, t_neg = stare_selection(
-                tokens.logprobs, tokens.advantages, tokens.mask, self.top_ratio, negative=self.variant == "C2")
+            l_pos, l_neg, t_pos, t_neg = self.select(tokens)
         weights = torch.ones_like(tokens.advantages, dtype=torch.float32)
         if self.gate_on:
             weights[l_pos] = self.w

@@ -86,6 +86,8 @@ HAND_EXPECTED = {
     "entropy_monitor/entropy_position_4of4": 2.5,
     "entropy_monitor/forking_token_share": 0.8,
     "entropy_monitor/forking_entropy_mean": 7.5 / 4,  # H > 0.672: 1.0, 2.0, 1.5, 3.0 (the padded 99 is not counted)
+    "entropy_monitor/reweighted_share": 0.0,  # ω ≡ 1: nothing reweighted ...
+    "entropy_monitor/reweighted_above_entropy_share": float("nan"),  # ... so no share of it is above H
 }
 
 
@@ -194,7 +196,7 @@ def test_monitor_hand_computed_values_direct_hook(padded_advantage):
     monitor.on_train_batch_end(fake_trainer(), module, outputs, None, 0)
     assert module.logged.keys() == HAND_EXPECTED.keys()
     for name, expected in HAND_EXPECTED.items():
-        assert module.logged[name] == pytest.approx(expected, abs=1e-6), name
+        assert module.logged[name] == pytest.approx(expected, abs=1e-6, nan_ok=True), name
     assert all(kw["on_step"] and not kw["sync_dist"] for kw in module.kwargs)
     shares = [v for k, v in module.logged.items() if "quadrant" in k or "zero_adv" in k]
     assert sum(shares) == pytest.approx(1.0)
@@ -207,7 +209,7 @@ def test_monitor_logs_through_real_trainer_and_csv_logger(tmp_path):
     rows = read_metrics(trainer)
     assert sorted(rows) == [0, 1]
     for name, expected in HAND_EXPECTED.items():
-        assert rows[0][name] == pytest.approx(expected, abs=1e-6), name
+        assert rows[0][name] == pytest.approx(expected, abs=1e-6, nan_ok=True), name
     # step 1: every valid token has entropy 0.25 (the padded 1e6 is ignored), surprisal as before
     for q in ("mean", "q10", "q50", "q90"):
         assert rows[1][f"entropy_monitor/entropy_{q}"] == pytest.approx(0.25)

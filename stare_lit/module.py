@@ -119,7 +119,7 @@ class GRPOModule(L.LightningModule):
         chat_template: wrap prompts with the tokenizer's chat template.
         system_prompt: system message when chat_template is on.
         val_samples: k, samples per held-out prompt in validation: logs mean@k, unbiased pass@j for
-            j = 1, 2, 4, ..., k, and distinct correct completions per prompt.
+            every j = 1 … k, and distinct correct completions per prompt.
         val_temperature: sampling temperature in validation (0 = greedy, needs val_samples 1).
         accuracy_reward: index of the reward that defines "correct" (value >= 1) in validation.
         peak_flops: the device's peak FLOP/s (e.g. 989e12 for an H100 in bf16); when set, the
@@ -559,7 +559,7 @@ class GRPOModule(L.LightningModule):
                     self.val_metrics[key.replace("@", "_at_")].update(value)
 
     def on_validation_epoch_end(self) -> None:
-        """val/mean@k, val/pass@j (unbiased, j = 1, 2, 4, ..., k; stare_lit.ops.metrics) and
+        """val/mean@k, val/pass@j (unbiased, every j = 1 … k; stare_lit.ops.metrics) and
         val/distinct_correct (distinct correct completions per prompt), means over the held-out prompts."""
         k = self.val_samples
         for name, metric in self.val_metrics.items():

@@ -16,12 +16,8 @@ import random
 import re
 from typing import Sequence
 
-import lightning as L
-from torch.utils.data import DataLoader
-
-from stare_lit.data.datamodule import train_loader, val_loader
+from stare_lit.data.tasks.generated import GeneratedDataModule
 from stare_lit.errors import check
-from stare_lit.data.loader import PromptLoader
 from stare_lit.rewards.base import Reward
 
 SYMBOLS = "0123456789+=;"
@@ -29,7 +25,8 @@ PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 
 
 def char_tokenizer(symbols: str = SYMBOLS):
-    """A character-level Hugging Face tokenizer over ``symbols`` (default: this task's; left padding)."""
+    """A character-level Hugging Face tokenizer over ``symbols`` (left padding); every built-in generated task
+    uses it with its own ``SYMBOLS`` (default: this task's)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -100,7 +97,7 @@ class ArithmeticReward(Reward):
         return out
 
 
-class ArithmeticDataModule(L.LightningDataModule):
+class ArithmeticDataModule(GeneratedDataModule):
     """Generated addition problems; validation prompts never appear in training.
 
     Args:
@@ -116,31 +113,19 @@ class ArithmeticDataModule(L.LightningDataModule):
     def __init__(self, min_digits: int = 3, max_digits: int = 3, batch_size: int = 16,
                  num_train_prompts: int = 50_000, num_val_prompts: int = 128, val_batch_size: int = 64,
                  seed: int = 1234) -> None:
-        super().__init__()
         key = "data.init_args"
         check(1 <= min_digits <= max_digits <= 12,
               f"{key}: need 1 <= min_digits <= max_digits <= 12, got {min_digits}, {max_digits}")
-        check(batch_size >= 1, f"{key}.batch_size must be >= 1, got {batch_size}")
-        check(num_train_prompts >= batch_size, f"{key}.num_train_prompts must be >= batch_size")
+        super().__init__(batch_size, num_train_prompts, val_batch_size)
         check(num_val_prompts >= 1, f"{key}.num_val_prompts must be >= 1, got {num_val_prompts}")
-        check(val_batch_size >= 1, f"{key}.val_batch_size must be >= 1, got {val_batch_size}")
         operands = sum(9 * 10 ** (d - 1) for d in range(min_digits, max_digits + 1))
         check(num_val_prompts < operands**2,  # else the validation pairs could leave none for training
               f"{key}.num_val_prompts: {num_val_prompts} held-out problems would use up all {operands**2} "
               f"pairs of {min_digits}..{max_digits}-digit operands; lower it or raise max_digits")
         self.save_hyperparameters()
-        self.train_rows: list[dict] = []
-        self.val_rows: list[dict] = []
 
-    def setup(self, stage: str | None = None) -> None:
+    def make_rows(self) -> tuple[list[dict], list[dict]]:
         h = self.hparams
         val = sample_problems(h.num_val_prompts, h.min_digits, h.max_digits, seed=h.seed + 1)
         train = sample_problems(h.num_train_prompts, h.min_digits, h.max_digits, seed=h.seed, exclude=set(val))
-        self.val_rows = [as_row(a, b) for a, b in val]
-        self.train_rows = [as_row(a, b) for a, b in train]
-
-    def train_dataloader(self) -> PromptLoader:
-        return train_loader(self, self.train_rows, self.hparams.batch_size, self.hparams.seed)
-
-    def val_dataloader(self) -> DataLoader:
-        return val_loader(self.val_rows, self.hparams.val_batch_size)
+        return [as_row(a, b) for a, b in train], [as_row(a, b) for a, b in val]

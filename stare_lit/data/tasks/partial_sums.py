@@ -26,23 +26,13 @@ import random
 import re
 from typing import Sequence
 
-import lightning as L
-from torch.utils.data import DataLoader
-
-from stare_lit.data.datamodule import train_loader, val_loader
+from stare_lit.data.tasks.generated import GeneratedDataModule
 from stare_lit.errors import check
-from stare_lit.data.loader import PromptLoader
 from stare_lit.rewards.base import Reward
-from stare_lit.data.tasks.arithmetic import char_tokenizer as _char_tokenizer
 
 SYMBOLS = "0123456789+=;,"
 _NUMBER = re.compile(r"0|[1-9]\d*")  # canonical decimal: no leading zeros, so each solution has one spelling
 _STEP = re.compile(r"(0|[1-9]\d*)\+(0|[1-9]\d*)=(0|[1-9]\d*)")
-
-
-def char_tokenizer():
-    """A character-level Hugging Face tokenizer over this task's symbols (left padding)."""
-    return _char_tokenizer(SYMBOLS)
 
 
 def prompt_of(numbers: Sequence[int]) -> str:
@@ -129,7 +119,7 @@ class PartialSumsReward(Reward):
         return [float(is_valid(numbers_of(p), c.strip())) for p, c in zip(prompts, completions)]
 
 
-class PartialSumsDataModule(L.LightningDataModule):
+class PartialSumsDataModule(GeneratedDataModule):
     """Generated partial-sum problems; validation number sets never appear in training.
 
     Every set of ``count`` distinct numbers in ``low..high`` is split once (seeded) into training and
@@ -150,29 +140,20 @@ class PartialSumsDataModule(L.LightningDataModule):
     def __init__(self, count: int = 4, low: int = 1, high: int = 12, batch_size: int = 16,
                  num_train_prompts: int = 20_000, num_val_prompts: int = 64, val_batch_size: int = 64,
                  seed: int = 1234) -> None:
-        super().__init__()
         key = "data.init_args"
         check(count >= 2, f"{key}.count must be >= 2 (a sum of one number has no steps), got {count}")
         check(0 <= low and high - low + 1 >= count,
               f"{key}: need 0 <= low and at least count numbers in low..high, got {low}..{high} for count {count}")
-        check(batch_size >= 1, f"{key}.batch_size must be >= 1, got {batch_size}")
-        check(num_train_prompts >= batch_size, f"{key}.num_train_prompts must be >= batch_size")
+        super().__init__(batch_size, num_train_prompts, val_batch_size)
         n_sets = len(number_sets(count, low, high))
         check(1 <= num_val_prompts < n_sets,
               f"{key}.num_val_prompts must be in 1..{n_sets - 1} (there are {n_sets} sets), got {num_val_prompts}")
         self.save_hyperparameters()
-        self.train_rows: list[dict] = []
-        self.val_rows: list[dict] = []
 
-    def setup(self, stage: str | None = None) -> None:
+    def make_rows(self) -> tuple[list[dict], list[dict]]:
         h = self.hparams
         train, val = split_sets(h.count, h.low, h.high, h.num_val_prompts, h.seed)
         rng = random.Random(h.seed + 1)
-        self.val_rows = [{"prompt": prompt_of(shuffled(s, rng))} for s in val]
-        self.train_rows = [{"prompt": prompt_of(shuffled(rng.choice(train), rng))} for _ in range(h.num_train_prompts)]
-
-    def train_dataloader(self) -> PromptLoader:
-        return train_loader(self, self.train_rows, self.hparams.batch_size, self.hparams.seed)
-
-    def val_dataloader(self) -> DataLoader:
-        return val_loader(self.val_rows, self.hparams.val_batch_size)
+        val_rows = [{"prompt": prompt_of(shuffled(s, rng))} for s in val]  # drawn first, then training
+        train_rows = [{"prompt": prompt_of(shuffled(rng.choice(train), rng))} for _ in range(h.num_train_prompts)]
+        return train_rows, val_rows

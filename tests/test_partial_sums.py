@@ -18,13 +18,14 @@ from stare_lit.module import GRPOModule
 from stare_lit.data.tasks.partial_sums import (
     PartialSumsDataModule,
     PartialSumsReward,
+    SYMBOLS,
     all_solutions,
-    char_tokenizer,
     is_valid,
     numbers_of,
     written_sum,
 )
 from stare_lit.commands.warmstart import partial_sums_task
+from stare_lit.data.tasks.arithmetic import char_tokenizer
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).parents[1]
@@ -95,7 +96,7 @@ def test_bad_settings(kwargs, setting):
 def sums_model_dir(tmp_path_factory) -> str:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny-sums-policy")
-    tokenizer = char_tokenizer()
+    tokenizer = char_tokenizer(SYMBOLS)
     AutoModelForCausalLM.from_config(tiny_config(vocab_size=len(tokenizer))).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)

@@ -82,8 +82,8 @@ def partial_sums_task(eval_prompts: int, seed: int, data_seed: int) -> Supervise
         return out
 
     longest = len(partial_sums.written_sum(list(range(defaults.high - defaults.count + 1, defaults.high + 1))))
-    return SupervisedTask(partial_sums.char_tokenizer(), examples, eval_rows, partial_sums.PartialSumsReward(),
-                          longest + 8)
+    return SupervisedTask(arithmetic.char_tokenizer(partial_sums.SYMBOLS), examples, eval_rows,
+                          partial_sums.PartialSumsReward(), longest + 8)
 
 
 def supervised_batch(tokenizer, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from stare_lit.errors import check
+from stare_lit.ops.distributed import masked_mean
 
 Aggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 
@@ -74,7 +75,9 @@ def policy_loss(
             loss: KL-Cov's penalty, an entropy bonus), or None.
 
     Returns:
-        (loss, stats): stats are detached scalars — clip fractions, KL, mean ratio.
+        (loss, stats): stats are detached scalars — clip fractions, KL, mean ratio — over this rank's
+        tokens (``masked_mean(world=False)``): the loss holds no collective, and its stats are logged
+        as each rank sees them.
     """
     m = mask.to(logprobs.dtype)
     log_ratio = (logprobs - old_logprobs).clamp(-20.0, 20.0)  # (B, T)
@@ -82,11 +85,11 @@ def policy_loss(
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     per_token = torch.maximum(unclipped, clipped)  # = −min(ρÂ, clip(ρ)Â)
-    stats = {"clip_frac": _masked_mean((clipped > unclipped).float(), m)}
+    stats = {"clip_frac": masked_mean((clipped > unclipped).float(), m, world=False)}
     if dual_clip is not None:
         bound = -advantages * dual_clip
         dual = torch.minimum(per_token, bound)
-        stats["dual_clip_frac"] = _masked_mean(((per_token > bound) & (advantages < 0)).float(), m)
+        stats["dual_clip_frac"] = masked_mean(((per_token > bound) & (advantages < 0)).float(), m, world=False)
         per_token = torch.where(advantages < 0, dual, per_token)
     if weights is not None:
         per_token = per_token * weights.detach()
@@ -96,17 +99,13 @@ def policy_loss(
         d = ref_logprobs - logprobs
         kl = torch.exp(d) - d - 1.0  # k3, ≥ 0
         per_token = per_token + beta * kl
-        stats["kl"] = _masked_mean(kl.detach(), m)
+        stats["kl"] = masked_mean(kl.detach(), m, world=False)
     if extra is not None:
         per_token = per_token + extra
     loss = aggregate(per_token, mask, agg, norm)
-    stats["ratio_mean"] = _masked_mean(ratio.detach(), m)
-    stats["approx_kl_old"] = _masked_mean(-log_ratio.detach(), m)
+    stats["ratio_mean"] = masked_mean(ratio.detach(), m, world=False)
+    stats["approx_kl_old"] = masked_mean(-log_ratio.detach(), m, world=False)
     return loss, stats
-
-
-def _masked_mean(x: Tensor, m: Tensor) -> Tensor:
-    return ((x * m).sum() / m.sum().clamp_min(1.0)).detach()
 
 
 @dataclass

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-DOTTED = re.compile(r"(?<![\w./])(?:stare_lit|callbacks)(?:\.[A-Za-z_]\w*)+")
+DOTTED = re.compile(r"(?<![\w./])(?:stare_lit|callbacks)(?:\.[A-Za-z_]\w*)+(?!\w)(?<!\.md)")  # not the page callbacks.md
 DOCS = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
@@ -135,3 +135,66 @@ def test_callbacks_never_import_the_commands_and_stare_lit_never_imports_callbac
 def test_the_flat_modules_are_gone():
     flat = sorted(p.name for p in (ROOT / "stare_lit").glob("*.py"))
     assert flat == ["__init__.py", "blame.py", "errors.py", "module.py"]
+
+
+# ------------------------------------------------------------------------------ links in the docs
+LINKED = [*DOCS, ROOT / "benchmarks" / "README.md"]
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")  # [text](target) and ![alt](target)
+FENCE = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)  # fenced code blocks
+CODE = re.compile(r"`[^`\n]*`")  # inline code spans
+
+
+def prose(text: str) -> str:
+    """``text`` without its code, which may hold brackets that are not links (and ``#`` lines that are not headings)."""
+    return CODE.sub("", FENCE.sub("", text))
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: its text lowercased, punctuation but '-' and '_' dropped, spaces to '-'."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).lower()  # a link in a heading keeps its text
+    return "".join("-" if c == " " else c for c in text if c.isalnum() or c in " -_")
+
+
+def anchors(path: Path) -> set[str]:
+    """Every heading anchor of a markdown file; a repeated heading gets -1, -2, ... as on GitHub."""
+    found: set[str] = set()
+    times: dict[str, int] = {}
+    for line in FENCE.sub("", path.read_text()).splitlines():
+        heading = re.match(r"#{1,6} +(.*?)(?: +#+)? *$", line)
+        if heading:
+            base = slug(heading.group(1))
+            found.add(f"{base}-{times[base]}" if base in times else base)
+            times[base] = times.get(base, 0) + 1
+    return found
+
+
+def test_slug_follows_github():
+    assert slug("STARE by the position's own entropy (stare-lit's extension)") == \
+        "stare-by-the-positions-own-entropy-stare-lits-extension"
+    assert slug("Pick a scheme — one YAML line") == "pick-a-scheme--one-yaml-line"
+    assert slug("What the second round found (2026-12-03, 2 CPU cores, this tree)") == \
+        "what-the-second-round-found-2026-12-03-2-cpu-cores-this-tree"
+    assert slug("How to add …") == "how-to-add-" and slug("`stare-lit fit`: the_step") == "stare-lit-fit-the_step"
+
+
+@pytest.mark.parametrize("doc", LINKED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_and_image_in_the_docs_exists(doc: Path):
+    broken = []
+    for target in LINK.findall(prose(doc.read_text())):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto: ...: not a file of this repository
+            continue
+        file, _, anchor = target.partition("#")
+        path = (doc.parent / file).resolve() if file else doc
+        if not path.exists():
+            broken.append(f"{target} (no such file)")
+        elif anchor and path.suffix == ".md" and anchor not in anchors(path):
+            broken.append(f"{target} (no heading '#{anchor}' in {path.relative_to(ROOT)})")
+    assert not broken, f"{doc.relative_to(ROOT)}: " + "; ".join(broken)
+
+
+def test_the_readme_is_a_front_door_that_links_every_docs_page():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300, "the README is the front door; move the detail into docs/"
+    linked = {(ROOT / t.partition("#")[0]).resolve() for t in LINK.findall(prose(readme))}
+    missing = [p.name for p in sorted((ROOT / "docs").glob("*.md")) if p.resolve() not in linked]
+    assert not missing, f"README.md links no docs page of: {missing}"

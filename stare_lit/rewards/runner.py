@@ -40,8 +40,7 @@ from typing import Any, Literal, Optional
 
 import torch
 
-from stare_lit import blame
-from stare_lit.errors import ConfigError, StareLitError, check
+from stare_lit.errors import ConfigError, StareLitError, check, qualified, short
 from stare_lit.rewards.base import ErrorScore, Reward
 
 
@@ -121,7 +120,6 @@ class ScoredBatch:
 _Outcome = tuple[str, Any]
 
 _STARTUP_TIMEOUT_S = 300.0  # a worker imports torch and the rewards' modules before it is ready
-_MESSAGE_LIMIT = 300  # characters of an exception message or a bad value's repr kept in errors
 
 
 class RewardRunner:
@@ -249,7 +247,7 @@ class RewardRunner:
                 error = RewardError(f"reward '{name}' {detail} on {batch.where(i)}; fix the reward, or set"
                                     " model.scoring.on_error: none to score such completions as None")
                 error.user_traceback = getattr(detail, "traceback", "")
-                error.owner = f"the reward {blame.qualified(self.rewards[self.names.index(name)])}"
+                error.owner = f"the reward {qualified(self.rewards[self.names.index(name)])}"
                 raise error
             else:
                 failed.append((i, detail))
@@ -306,7 +304,7 @@ class RewardRunner:
             yield i, outcome
         if failures:
             return
-        message = (f"reward '{name}' raised {type(error).__name__}: {_short(str(error))} on the batch of"
+        message = (f"reward '{name}' raised {type(error).__name__}: {short(str(error))} on the batch of"
                    f" {len(batch)} completions but on none of them alone, so no completion can be named")
         if self.scoring.on_error == "fail":
             raise RewardError(f"{message}; fix the reward, or set model.scoring.on_error: none to use its"
@@ -363,7 +361,7 @@ class RewardRunner:
             except Exception as error:
                 raise ConfigError(
                     f"model.scoring.timeout is set, so the rewards run in a worker process, but reward '{name}'"
-                    f" cannot be pickled to get there ({type(error).__name__}: {_short(str(error))}); make it a"
+                    f" cannot be pickled to get there ({type(error).__name__}: {short(str(error))}); make it a"
                     " class defined at the top level of an importable module, or set model.scoring.timeout: null"
                     " to run rewards in-process."
                 ) from None
@@ -474,7 +472,7 @@ def _judge(value: Any) -> _Outcome:
         return ("error_score", float(value))
     if _is_number(value) and math.isfinite(value):
         return ("ok", float(value))
-    return ("failed", f"returned {_short(repr(value))}, not a finite number or None,")
+    return ("failed", f"returned {short(repr(value))}, not a finite number or None,")
 
 
 def _is_number(value: Any) -> bool:
@@ -488,7 +486,7 @@ def _score_one(reward: Reward, prompts: list[str], completions: list[str], colum
     except ConfigError as error:
         return ("config", str(error))
     except Exception as error:
-        failure = _Failure(f"raised {type(error).__name__}: {_short(str(error))}")
+        failure = _Failure(f"raised {type(error).__name__}: {short(str(error))}")
         failure.traceback = traceback.format_exc()  # kept for the user (stare_lit.blame)
         return ("failed", failure)
     try:
@@ -503,10 +501,6 @@ class _Failure(str):
     the worker sends it back as it is)."""
 
     traceback = ""
-
-
-def _short(text: str, limit: int = _MESSAGE_LIMIT) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _excerpt(text: str, limit: int = 80) -> str:
@@ -657,7 +651,7 @@ def _worker_main(conn: Connection, rewards: bytes) -> None:
     try:
         loaded = pickle.loads(rewards)
     except Exception as error:
-        conn.send(("load_failed", f"{type(error).__name__}: {_short(str(error))}"))
+        conn.send(("load_failed", f"{type(error).__name__}: {short(str(error))}"))
         return
     conn.send(("ready", None))
     try:

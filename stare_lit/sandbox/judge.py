@@ -49,6 +49,7 @@ import sys
 import time
 from typing import Any, Callable, Optional
 
+from stare_lit.errors import short
 from stare_lit.sandbox.wire import NoValue
 
 MAX_ITEMS = 1_000_000  # the longest sequence the judge builds
@@ -325,9 +326,8 @@ def _targets(target: ast.expr, where: ast.expr) -> set[str]:
     raise UnjudgeableTest(f"`{_short(where)}`: a comprehension's variables must be names or tuples of names")
 
 
-def _short(node: ast.AST, limit: int = 60) -> str:
-    text = ast.unparse(node)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _short(node: ast.AST) -> str:
+    return short(ast.unparse(node), 60)
 
 
 # ---------------------------------------------------------------------------------------- evaluate

@@ -29,7 +29,7 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from common import header, load, median, spread, table, write_result  # noqa: E402
 
 from stare_lit.rewards.code import CodeTestReward  # noqa: E402
-from stare_lit.rewards.sandbox import probe  # noqa: E402
+from stare_lit.sandbox import probe  # noqa: E402
 from stare_lit.data.tasks.code import TASKS  # noqa: E402
 
 

@@ -11,14 +11,15 @@ from __future__ import annotations
 import sys
 import traceback
 
+import lightning as L
+
+from stare_lit.errors import StareLitError, qualified
+from stare_lit.rewards.base import Reward
+from stare_lit.schemes.base import TokenWeighting
+
 
 def kind_of(obj: object) -> str | None:
     """'reward', 'scheme', 'callback' or 'data module' for a plug-in picked in the YAML; None otherwise."""
-    import lightning as L
-
-    from stare_lit.rewards.base import Reward
-    from stare_lit.schemes.base import TokenWeighting
-
     if isinstance(obj, Reward):
         return "reward"
     if isinstance(obj, TokenWeighting):
@@ -31,10 +32,6 @@ def kind_of(obj: object) -> str | None:
     if isinstance(obj, L.LightningDataModule):
         return "data module"
     return None
-
-
-def qualified(obj: object) -> str:
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
 def owner(error: BaseException) -> str | None:
@@ -58,8 +55,6 @@ def announce(error: BaseException) -> None:
 def print_kept_traceback(error: BaseException) -> None:
     """A stare-lit error about a user's code (a ``RewardError``) carries that code's traceback: print it,
     headed by whose code it is, before the one-line error."""
-    from stare_lit.errors import StareLitError
-
     text, who = getattr(error, "user_traceback", None), getattr(error, "owner", None)
     cause = error.__cause__
     if not text and cause is not None and not isinstance(cause, StareLitError):  # raised ... from the user's error

@@ -1,7 +1,8 @@
 """The errors users see: each is printed by the CLI as one line (no traceback).
 
 So a message must name the setting (as the user writes it in YAML, e.g.
-``model.scheme.init_args.top_ratio``) or the input at fault, and the fix.
+``model.scheme.init_args.top_ratio``) or the input at fault, and the fix. ``qualified`` and ``short``
+help write one: the class path of a plug-in, a user's value cut to a readable length.
 """
 
 
@@ -21,3 +22,13 @@ def check(condition: bool, message: str) -> None:
     """Raise ``ConfigError(message)`` unless ``condition`` holds."""
     if not condition:
         raise ConfigError(message)
+
+
+def qualified(obj: object) -> str:
+    """``my_pkg.MyReward``: the class of ``obj`` as a YAML ``class_path`` names it, for a message about a plug-in."""
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def short(text: str, limit: int = 300) -> str:
+    """``text`` cut to ``limit`` characters (ending in ``...``): a message quoting a user's value stays readable."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."

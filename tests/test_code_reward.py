@@ -34,12 +34,12 @@ from typing import Optional
 
 import pytest
 
-import stare_lit.rewards.sandbox as sandbox_module
+import stare_lit.sandbox.sandbox as sandbox_module
 from stare_lit.errors import ConfigError
 from stare_lit.rewards.code import CodeTestReward
 from stare_lit.rewards.base import ErrorScore
-from stare_lit.rewards.judge import UnjudgeableTest
-from stare_lit.rewards.sandbox import Sandbox, SandboxWarning, probe
+from stare_lit.sandbox.judge import UnjudgeableTest
+from stare_lit.sandbox.sandbox import Sandbox, SandboxWarning, probe
 
 ROOT = Path(__file__).parents[1]
 ISOLATION = probe()
@@ -70,8 +70,8 @@ def score(program: str, tests=TESTS, **kwargs) -> float:
 
 def score_and_errors(program: str, tests=TESTS, limits: Optional[dict] = None) -> tuple[float, int]:
     """The value, and 1 if it is an ``ErrorScore`` (what the runner counts in reward/<name>_errors; see
-    ``test_a_tampered_report_is_counted_and_never_raises``). No runner here: the table also runs in a
-    process that should not import torch."""
+    ``test_a_tampered_report_is_counted_and_never_raises``). No runner here: the table also runs as uid
+    65534 in a child process (``nobody_table``), where the reward alone is what is tested."""
     (value,) = reward(limits=limits or {})(["prompt"], [textwrap.dedent(program)], tests=[tests])
     return value, int(isinstance(value, ErrorScore))
 
@@ -92,7 +92,7 @@ def leftover_processes() -> list[str]:
             cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if "_sandbox_child.py" in cmdline and cmdline.rstrip().endswith(mine):
+        if "sandbox/child.py" in cmdline and cmdline.rstrip().endswith(mine):
             found.append(cmdline)
     return found
 
@@ -299,7 +299,7 @@ def hostile_rows(o: dict) -> dict[str, Row]:
             builtins.repr = lambda *args: "5"
             builtins.AssertionError = type("Harmless", (Exception,), {})
             sys.exit = os._exit = lambda *args: None
-            sys.modules["_wire"].encode = lambda value: ["i", "5"]  # every answer is 5
+            sys.modules["wire"].encode = lambda value: ["i", "5"]  # every answer is 5
             def add(a, b):
                 return Anything()
         """, expect=0.25),  # forging the harness buys what `return 5` would: add(2, 3) == 5 only
@@ -313,7 +313,7 @@ def hostile_rows(o: dict) -> dict[str, Row]:
                         pass
             atexit.register(forge)
             def tracer(frame, event, arg):
-                wire = frame.f_globals.get("_wire")
+                wire = frame.f_globals.get("wire")
                 if wire is not None:
                     wire.encode = lambda value: ["b", True]
                 return tracer
@@ -730,7 +730,7 @@ def test_an_interpreter_under_tmp_still_gives_a_writable_tmp():
         python = link_dir / "python"
         python.symlink_to(os.path.realpath(sys.executable))
         program = "open('/tmp/x', 'w').write('ok'); print(open('/tmp/x').read())"
-        probe = f"from stare_lit.rewards.sandbox import Sandbox; r = Sandbox().run({program!r}); print(repr(r.stdout))"
+        probe = f"from stare_lit.sandbox.sandbox import Sandbox; r = Sandbox().run({program!r}); print(repr(r.stdout))"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
         done = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=120, env=env)
         assert done.returncode == 0 and done.stdout.strip() == repr("ok\n"), done.stdout + done.stderr
@@ -868,7 +868,7 @@ def _sandboxes_of_dead_parents() -> list[str]:
             args = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
         except OSError:
             continue
-        if any(a.endswith(b"_sandbox_child.py") for a in args) and not os.path.exists(f"/proc/{int(args[-2])}"):
+        if any(a.endswith(b"sandbox/child.py") for a in args) and not os.path.exists(f"/proc/{int(args[-2])}"):
             found.append(b" ".join(args).decode())
     return found
 
@@ -917,7 +917,7 @@ def test_a_machine_without_user_namespaces_gets_a_refusal():
         assert libc.unshare(0x10000000) == 0
         open("/proc/sys/user/max_user_namespaces", "w").write("0")
         from stare_lit.errors import ConfigError
-        from stare_lit.rewards.sandbox import Sandbox, probe
+        from stare_lit.sandbox.sandbox import Sandbox, probe
         refused = probe()["refused"]
         with Sandbox(isolation="limits_only").session("def add(a, b):\\n    return a + b\\n") as session:
             five = session.value("add(2, 3)", {})

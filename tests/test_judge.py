@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from stare_lit.rewards import _wire
-from stare_lit.rewards._wire import Malformed, NoValue, NotPlain
-from stare_lit.rewards.judge import UnjudgeableTest, compile_test
-from stare_lit.rewards.sandbox import parse_record
+from stare_lit.sandbox import wire
+from stare_lit.sandbox.judge import UnjudgeableTest, compile_test
+from stare_lit.sandbox.sandbox import parse_record
+from stare_lit.sandbox.wire import Malformed, NoValue, NotPlain
 
 
 def leaves(test: str) -> list[tuple]:
@@ -183,7 +183,7 @@ def test_plain_values_cross_the_wire_exactly():
     rng = random.Random(0)
     for _ in range(1500):
         value = random_plain(rng)
-        line = _wire.dumps({"kind": "value", "id": 0, "value": _wire.encode(value)})
+        line = wire.dumps({"kind": "value", "id": 0, "value": wire.encode(value)})
         assert same(parse_record(line.rstrip(b"\n"))["value"], value)
 
 
@@ -197,20 +197,20 @@ def test_what_is_not_plain_data_does_not_cross():
     cyclic = []
     cyclic.append(cyclic)
     for value in [Int(3), [Int(3)], object(), {1: object()}, range(3), iter([1]), deep, cyclic, 10 ** 5000,
-                  list(range(_wire.MAX_NODES + 1)), type]:
+                  list(range(wire.MAX_NODES + 1)), type]:
         with pytest.raises(NotPlain, match=r"is not plain data|digits|more than \d+ values|nested deeper"):
-            _wire.encode(value)
+            wire.encode(value)
 
 
 SHAPES = {("isolation",), ("loaded",), ("value",), ("raised",), ("unplain",)}
 
 
 def valid_records(rng: random.Random) -> list[bytes]:
-    values = [_wire.encode(random_plain(rng)) for _ in range(3)]
+    values = [wire.encode(random_plain(rng)) for _ in range(3)]
     records = [{"kind": "isolation", "isolation": {"user_namespace": True, "proc": "pids_only", "uid_inside": 1000}},
                {"kind": "loaded"}, {"kind": "raised", "id": 3}, {"kind": "unplain", "id": 0}]
     records += [{"kind": "value", "id": i, "value": v} for i, v in enumerate(values)]
-    return [_wire.dumps(r).rstrip(b"\n") for r in records]
+    return [wire.dumps(r).rstrip(b"\n") for r in records]
 
 
 def mutate(rng: random.Random, line: bytes) -> bytes:
@@ -267,7 +267,7 @@ NASTY = [b"[" * n + b"]" * n for n in (100, 1000, 100_000)] + [b'{"a":' * 50_000
     b'{"kind":"raised","id":-1}', b'{"kind":"value","id":0,"value":["f","NaN"]}',
     b'{"kind":"value","id":0,"value":NaN}', b'{"kind":"value","id":0,"value":["S",[["i","1"],["i","1"]]]}',
     b'{"kind":"value","id":0,"value":["d",[[["l",[]],["N",0]]]]}', b"\xff\xfe", b"",
-    b'{"kind":"value","id":0,"value":["y","0g"]}', b"x" * (_wire.MAX_LINE_BYTES + 1),
+    b'{"kind":"value","id":0,"value":["y","0g"]}', b"x" * (wire.MAX_LINE_BYTES + 1),
     b'{"kind":"loaded","extra":1}', b'{"kind":"passed"}', b'{"kind":"value","id":0}',
     b'{"kind":"value","id":0,"value":' + b'["l",[' * 40 + b'["N",0]' + b"]]" * 40 + b"}",
     b'{"kind":"value","id":0,"value":["b",1]}', b'{"kind":"value","id":0,"value":["s",5]}',

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,15 +82,16 @@ def test_the_main_scheme_names_resolve_to_the_classes_users_expect():
 # package -> the stare_lit packages it may import (CONTRIBUTING.md, "Who may import whom")
 ALLOWED = {
     "errors": set(),
-    "blame": {"errors", "rewards", "schemes"},  # isinstance checks, imported lazily
+    "blame": {"errors", "rewards", "schemes"},  # a top-level module, like module: isinstance checks
     "ops": {"errors"},
     "schemes": {"ops", "errors"},
     "rollout": {"errors"},
-    "rewards": {"errors", "blame"},
+    "sandbox": {"errors"},  # and the standard library only (test_the_sandbox_loads_no_torch)
+    "rewards": {"errors", "sandbox"},
     "data": {"rewards", "errors"},
     "train": {"ops", "rollout", "rewards", "errors"},
-    "module": {"ops", "schemes", "rollout", "rewards", "data", "train", "errors", "blame"},
-    "commands": {"ops", "schemes", "rollout", "rewards", "data", "train", "errors", "blame", "module"},
+    "module": {"ops", "schemes", "rollout", "sandbox", "rewards", "data", "train", "errors", "blame"},
+    "commands": {"ops", "schemes", "rollout", "sandbox", "rewards", "data", "train", "errors", "blame", "module"},
 }
 
 
@@ -135,6 +139,19 @@ def test_callbacks_never_import_the_commands_and_stare_lit_never_imports_callbac
 def test_the_flat_modules_are_gone():
     flat = sorted(p.name for p in (ROOT / "stare_lit").glob("*.py"))
     assert flat == ["__init__.py", "blame.py", "errors.py", "module.py"]
+    moved = {"sandbox.py", "_sandbox_child.py", "_wire.py", "judge.py"}  # now stare_lit/sandbox/, no alias left
+    assert not moved & {p.name for p in (ROOT / "stare_lit" / "rewards").glob("*.py")}
+
+
+def test_the_sandbox_loads_no_torch():
+    """A process that runs programs and judges their tests (stare_lit.sandbox) needs the standard library only."""
+    code = ("import sys, stare_lit.sandbox; stare_lit.sandbox.compile_test('assert f(2) == 4');"
+            " print(sorted({'torch', 'numpy', 'lightning', 'math_verify'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["[]"]
+
 
 
 # ------------------------------------------------------------------------------ links in the docs

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from stare_lit.errors import ConfigError
-from stare_lit.rewards.base import MathAnswerReward, Reward
-from stare_lit.rewards.runner import RewardError, RewardRunner, RewardWarning, Scoring, score_completions
+from stare_lit.rewards.base import MathAnswerReward, Reward, RewardError
+from stare_lit.rewards.runner import RewardRunner, RewardWarning, Scoring, score_completions
 from tests.helpers import BatchOnlyFailure, ScriptedReward, UnloadableReward
 
 FIX = "model.scoring.on_error: none"

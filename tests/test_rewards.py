@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from stare_lit.errors import ConfigError
-from stare_lit.rewards.base import ExactMatchReward, FormatReward, MathAnswerReward, Reward
-from stare_lit.rewards.runner import RewardError, none_fraction, score_completions
+from stare_lit.rewards.base import ExactMatchReward, FormatReward, MathAnswerReward, Reward, RewardError
+from stare_lit.rewards.runner import none_fraction, score_completions
 
 
 class Fixed(Reward):

@@ -21,7 +21,7 @@ from typing import Optional
 
 from math_verify import parse, verify
 
-from stare_lit.errors import ConfigError, check
+from stare_lit.errors import ConfigError, StareLitError, check
 
 class Reward(ABC):
     """Scores completions; one value per completion, ``None`` where the reward does not apply.
@@ -62,6 +62,14 @@ class ErrorScore(float):
     The runner uses the value and counts the completion in ``reward/<name>_errors``, under either
     ``model.scoring.on_error`` (it never stops training): ``CodeTestReward`` returns ``ErrorScore(0.0)``
     when the sandbox's report breaks the protocol, which a program can cause on purpose.
+    """
+
+
+class RewardError(StareLitError, RuntimeError):
+    """A reward raised, or returned something other than one number (or ``None``) per completion.
+
+    Raised by the runner (stare_lit.rewards.runner) and its worker. A ``StareLitError``, so ``stare-lit``
+    prints its message (which names the completion, its prompt and the fix) as one line.
     """
 
 

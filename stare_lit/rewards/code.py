@@ -9,12 +9,11 @@ from typing import Any, Literal, Optional
 
 from stare_lit.errors import check
 from stare_lit.rewards.base import ErrorScore, Reward
-from stare_lit.rewards.judge import Test, UnjudgeableTest, compile_test
-from stare_lit.rewards.sandbox import Sandbox, Session
+from stare_lit.sandbox import Sandbox, Session, Test, UnjudgeableTest, compile_test
 
 _FORMS = ("a test is one `assert EXPRESSION`; the program's calls run in the sandbox and must return plain data"
           " (numbers, text, bytes, None, lists/tuples/sets/dicts of them); comparisons, and/or/not, arithmetic,"
-          " comprehensions, math.<name> and the judge's builtins run outside it (README, 'Code rewards')")
+          " comprehensions, math.<name> and the judge's builtins run outside it (docs/code_rewards.md)")
 
 
 class CodeTestReward(Reward):
@@ -27,8 +26,8 @@ class CodeTestReward(Reward):
     Tests, in ``tests_column``:
 
     - ``asserts``: a list of ``assert`` statements (or one string of them, one test per
-      statement). The program runs once, in stare_lit.rewards.Sandbox; the trainer then decides each
-      test with stare_lit.rewards.judge: the sandbox evaluates only the test's *program expressions*
+      statement). The program runs once, in stare_lit.sandbox.Sandbox; the trainer then decides each
+      test with stare_lit.sandbox.judge: the sandbox evaluates only the test's *program expressions*
       (``add(2, 3)``) and returns their values as plain data; the comparisons, ``and``/``or``/``not``,
       arithmetic and builtins of the test are evaluated here. The program never holds the expected
       values and never decides a verdict. A test the judge cannot decide that way is refused with a

@@ -8,9 +8,10 @@ Design choices:
   stops training with a ``RewardError`` naming the reward, the first bad completion and its prompt,
   rather than training on a silently wrong signal. ``model.scoring.on_error: none`` instead scores
   such completions as ``None`` and counts them.
-- ``model.scoring.timeout`` runs the rewards in a worker process, one completion at a time, so a
-  verifier that hangs (math-verify can, on pathological input, in C where no thread can stop it)
-  is killed and that completion scored ``model.scoring.timeout_score``; the worker is restarted.
+- ``model.scoring.timeout`` runs the rewards in a worker process (stare_lit.rewards.worker), one
+  completion at a time, so a verifier that hangs (math-verify can, on pathological input, in C where
+  no thread can stop it) is killed and that completion scored ``model.scoring.timeout_score``; the
+  worker is restarted.
 
 ``RewardRunner`` does all of this for the LightningModule; ``score_completions`` is its one-call
 form::
@@ -22,35 +23,21 @@ form::
         timeout_score: 0.0  # what a timed-out completion scores; null leaves it unscored
 """
 
-import atexit
 import math
-import multiprocessing
 import numbers
-import os
 import pickle
-import signal
 import traceback
 import warnings
-import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from typing import Any, Literal, Optional
 
 import torch
 
-from stare_lit import blame
-from stare_lit.errors import ConfigError, StareLitError, check
-from stare_lit.rewards.base import ErrorScore, Reward
-
-
-class RewardError(StareLitError, RuntimeError):
-    """A reward raised, or returned something other than one number (or ``None``) per completion.
-
-    A ``StareLitError``, so ``stare-lit`` prints its message (which names the completion, its prompt
-    and the fix) as one line.
-    """
+from stare_lit.errors import ConfigError, check, qualified, short
+from stare_lit.rewards.base import ErrorScore, Reward, RewardError
+from stare_lit.rewards.worker import Outcome, Worker
 
 
 class RewardWarning(UserWarning):
@@ -116,14 +103,6 @@ class ScoredBatch:
     timeouts: dict[str, int]
 
 
-# What scoring one completion came to, as sent by the worker: ("ok", float | None), ("error_score",
-# float), ("failed", why), ("config", ConfigError message), or ("timeout", None).
-_Outcome = tuple[str, Any]
-
-_STARTUP_TIMEOUT_S = 300.0  # a worker imports torch and the rewards' modules before it is ready
-_MESSAGE_LIMIT = 300  # characters of an exception message or a bad value's repr kept in errors
-
-
 class RewardRunner:
     """Runs the rewards on each batch and combines them into one reward per completion.
 
@@ -158,7 +137,7 @@ class RewardRunner:
         self.names: list[str] = []  # unique, so metrics don't overwrite each other
         for reward in self.rewards:
             self.names.append(_unique(reward.name, dict.fromkeys(self.names)))
-        self._worker: Optional[_Worker] = None
+        self._worker: Optional[Worker] = None
 
     def __call__(
         self, prompts: list[str], completions: list[str], columns: dict[str, list], group_size: int = 1
@@ -227,7 +206,7 @@ class RewardRunner:
         return values, len(failed) + len(flagged), len(timed_out)
 
     def _collect(
-        self, name: str, outcomes: Iterator[tuple[int, _Outcome]], batch: "_Batch"
+        self, name: str, outcomes: Iterator[tuple[int, Outcome]], batch: "_Batch"
     ) -> tuple[list, list[tuple[int, str]], list[tuple[int, str]], list[int]]:
         """Apply ``on_error`` and ``timeout_score`` to the outcomes; raise on the first failure under ``fail``."""
         values: list[Optional[float]] = [None] * len(batch)
@@ -249,7 +228,7 @@ class RewardRunner:
                 error = RewardError(f"reward '{name}' {detail} on {batch.where(i)}; fix the reward, or set"
                                     " model.scoring.on_error: none to score such completions as None")
                 error.user_traceback = getattr(detail, "traceback", "")
-                error.owner = f"the reward {blame.qualified(self.rewards[self.names.index(name)])}"
+                error.owner = f"the reward {qualified(self.rewards[self.names.index(name)])}"
                 raise error
             else:
                 failed.append((i, detail))
@@ -275,7 +254,7 @@ class RewardRunner:
                           RewardWarning, stacklevel=4)
 
     # ------------------------------------------------------------------ in-process
-    def _in_process(self, name: str, reward: Reward, batch: "_Batch") -> Iterator[tuple[int, _Outcome]]:
+    def _in_process(self, name: str, reward: Reward, batch: "_Batch") -> Iterator[tuple[int, Outcome]]:
         """One call on the whole batch (fast); if it raises, one call per completion to find which fail."""
         try:
             returned = reward(batch.prompts, batch.completions, **batch.columns)
@@ -294,7 +273,7 @@ class RewardRunner:
 
     def _one_at_a_time(
         self, name: str, reward: Reward, batch: "_Batch", error: Exception
-    ) -> Iterator[tuple[int, _Outcome]]:
+    ) -> Iterator[tuple[int, Outcome]]:
         """Outcomes of scoring each completion alone, after the batch call raised ``error``.
 
         Lazy, so under ``fail`` it stops at the first completion that fails alone.
@@ -306,7 +285,7 @@ class RewardRunner:
             yield i, outcome
         if failures:
             return
-        message = (f"reward '{name}' raised {type(error).__name__}: {_short(str(error))} on the batch of"
+        message = (f"reward '{name}' raised {type(error).__name__}: {short(str(error))} on the batch of"
                    f" {len(batch)} completions but on none of them alone, so no completion can be named")
         if self.scoring.on_error == "fail":
             raise RewardError(f"{message}; fix the reward, or set model.scoring.on_error: none to use its"
@@ -315,7 +294,7 @@ class RewardRunner:
                       RewardWarning, stacklevel=5)
 
     # ------------------------------------------------------------------ worker process
-    def _in_worker(self, index: int, batch: "_Batch") -> Iterator[tuple[int, _Outcome]]:
+    def _in_worker(self, index: int, batch: "_Batch") -> Iterator[tuple[int, Outcome]]:
         """Outcomes streamed from the worker, one completion at a time, each within ``scoring.timeout``.
 
         A completion that times out (or kills the worker) costs the worker: it is stopped, and a
@@ -332,7 +311,7 @@ class RewardRunner:
             if not finished:
                 self._stop_worker()
 
-    def _stream(self, index: int, batch: "_Batch", start: int) -> Iterator[tuple[int, _Outcome]]:
+    def _stream(self, index: int, batch: "_Batch", start: int) -> Iterator[tuple[int, Outcome]]:
         """Outcomes of completions ``start``... until the batch ends or the worker is lost; returns where to resume."""
         worker = self._ensure_worker()
         worker.send(("score", index, *batch.tail(start)))
@@ -345,9 +324,9 @@ class RewardRunner:
             yield i, outcome
         return len(batch)
 
-    def _ensure_worker(self) -> "_Worker":
+    def _ensure_worker(self) -> Worker:
         if self._worker is None or not self._worker.alive:
-            self._worker = _Worker(self._pickled_rewards())
+            self._worker = Worker(self._pickled_rewards(), _score_one)
         return self._worker
 
     def _stop_worker(self) -> None:
@@ -363,7 +342,7 @@ class RewardRunner:
             except Exception as error:
                 raise ConfigError(
                     f"model.scoring.timeout is set, so the rewards run in a worker process, but reward '{name}'"
-                    f" cannot be pickled to get there ({type(error).__name__}: {_short(str(error))}); make it a"
+                    f" cannot be pickled to get there ({type(error).__name__}: {short(str(error))}); make it a"
                     " class defined at the top level of an importable module, or set model.scoring.timeout: null"
                     " to run rewards in-process."
                 ) from None
@@ -465,7 +444,7 @@ def _as_list(returned: Any, n: int) -> list:
     return values
 
 
-def _judge(value: Any) -> _Outcome:
+def _judge(value: Any) -> Outcome:
     """A value a reward returned for one completion: a finite number or ``None`` is ok, anything else failed;
     an ``ErrorScore`` is used and counted."""
     if value is None:
@@ -474,21 +453,21 @@ def _judge(value: Any) -> _Outcome:
         return ("error_score", float(value))
     if _is_number(value) and math.isfinite(value):
         return ("ok", float(value))
-    return ("failed", f"returned {_short(repr(value))}, not a finite number or None,")
+    return ("failed", f"returned {short(repr(value))}, not a finite number or None,")
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real)
 
 
-def _score_one(reward: Reward, prompts: list[str], completions: list[str], columns: dict[str, list]) -> _Outcome:
+def _score_one(reward: Reward, prompts: list[str], completions: list[str], columns: dict[str, list]) -> Outcome:
     """Score a batch of one completion; never raises, so a worker can send back whatever happened."""
     try:
         returned = reward(prompts, completions, **columns)
     except ConfigError as error:
         return ("config", str(error))
     except Exception as error:
-        failure = _Failure(f"raised {type(error).__name__}: {_short(str(error))}")
+        failure = _Failure(f"raised {type(error).__name__}: {short(str(error))}")
         failure.traceback = traceback.format_exc()  # kept for the user (stare_lit.blame)
         return ("failed", failure)
     try:
@@ -503,10 +482,6 @@ class _Failure(str):
     the worker sends it back as it is)."""
 
     traceback = ""
-
-
-def _short(text: str, limit: int = _MESSAGE_LIMIT) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _excerpt(text: str, limit: int = 80) -> str:
@@ -524,151 +499,6 @@ def _excerpt(text: str, limit: int = 80) -> str:
             return shown
         keep -= 1
     return repr(text[:0])
-
-
-class _Worker:
-    """A spawned process that holds the rewards and scores completions one at a time on request.
-
-    Spawned, never forked: the parent holds torch's threads and maybe CUDA, which a fork would
-    copy in an unusable state. Not daemonic, so a reward may start processes of its own; the
-    exit hook below stops it instead.
-    """
-
-    def __init__(self, rewards: bytes) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._conn, child_conn = context.Pipe()
-        self._process = context.Process(
-            target=_worker_main, args=(child_conn, rewards), name="stare-lit-rewards", daemon=False
-        )
-        try:
-            self._process.start()
-        except BaseException:
-            self._conn.close()
-            raise
-        finally:
-            child_conn.close()  # the worker has its copy; closing ours makes its death read as EOF here
-        # Stops the process when this object is garbage-collected; idempotent.
-        self._stop = weakref.finalize(self, _stop_process, self._process, self._conn, os.getpid())
-        _WORKERS.add(self)
-        _register_exit_hook()
-        self._wait_until_ready()
-
-    @property
-    def alive(self) -> bool:
-        """Not stopped here, and not dead of its own accord (e.g. killed by the OOM killer while idle)."""
-        return self._stop.alive and self._process.is_alive()
-
-    def send(self, message: tuple) -> None:
-        try:
-            self._conn.send(message)
-        except OSError as error:  # it died between two batches
-            self.kill()
-            raise RewardError(f"the reward worker process (model.scoring.timeout is set) died (exit code"
-                              f" {self._process.exitcode}) before it could score a batch; set"
-                              " model.scoring.timeout: null to run rewards in-process.") from error
-
-    def receive(self, timeout: Optional[float]) -> _Outcome:
-        """The next completion's outcome; on a time-out or the worker's death, the worker is stopped."""
-        if not self._conn.poll(timeout):
-            self.kill()
-            return ("timeout", None)
-        try:
-            return self._conn.recv()
-        except (EOFError, OSError):
-            self.kill()
-            return ("failed", f"killed its worker process (exit code {self._process.exitcode})")
-
-    def close(self) -> None:
-        """Ask the worker to exit; kill it if it is busy."""
-        if not self.alive:
-            return
-        try:
-            self._conn.send(None)
-            self._process.join(timeout=1.0)
-        except (OSError, ValueError):
-            pass
-        self.kill()
-
-    def kill(self) -> None:
-        self._stop()
-
-    def _wait_until_ready(self) -> None:
-        """Wait for the worker to load the rewards; its start-up does not count against the time-out."""
-        problem = None
-        if not self._conn.poll(_STARTUP_TIMEOUT_S):
-            problem = f"did not start within {_STARTUP_TIMEOUT_S:.0f} s"
-        else:
-            try:
-                kind, detail = self._conn.recv()
-            except (EOFError, OSError):
-                self._process.join(timeout=5.0)
-                kind, detail = "died", f"exit code {self._process.exitcode}"
-            if kind == "load_failed":
-                self.kill()
-                raise ConfigError(
-                    f"model.scoring.timeout is set, so the rewards run in a worker process, but it could not load"
-                    f" them ({detail}); define them in a module the worker can import (not the script you run),"
-                    " or set model.scoring.timeout: null to run rewards in-process."
-                )
-            if kind != "ready":
-                problem = (f"died while starting ({detail}; its traceback is above); a script that trains must do"
-                           " so under `if __name__ == \"__main__\":`, as a spawned process imports it again")
-        if problem is not None:
-            self.kill()
-            raise RewardError(f"the reward worker process (model.scoring.timeout is set) {problem}; set"
-                              " model.scoring.timeout: null to run rewards in-process.")
-
-
-_WORKERS: "weakref.WeakSet[_Worker]" = weakref.WeakSet()
-
-
-def _register_exit_hook() -> None:
-    """(Re-)register the exit hook after multiprocessing's own, so that it runs first (atexit is LIFO).
-
-    multiprocessing joins its non-daemonic children at exit: a worker still waiting for work
-    would block the exit forever. Stopping the workers first makes that join return at once.
-    """
-    atexit.unregister(_stop_all_workers)
-    atexit.register(_stop_all_workers)
-
-
-def _stop_all_workers() -> None:
-    for worker in list(_WORKERS):
-        worker.kill()
-
-
-def _stop_process(process: multiprocessing.process.BaseProcess, conn: Connection, owner: int) -> None:
-    """Kill and reap the worker (no zombie), unless this is a forked copy of its parent, which may not."""
-    if os.getpid() != owner:
-        return
-    if process.is_alive():
-        process.kill()
-    process.join()
-    conn.close()
-
-
-def _worker_main(conn: Connection, rewards: bytes) -> None:
-    """The worker's loop, on its main thread (so math-verify's ``signal.alarm`` time limits still work).
-
-    Messages in: ``("score", reward_index, prompts, completions, columns)``, or ``None`` to exit.
-    Out: ``("ready", None)`` or ``("load_failed", why)`` once; then one outcome per completion.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
-    try:
-        loaded = pickle.loads(rewards)
-    except Exception as error:
-        conn.send(("load_failed", f"{type(error).__name__}: {_short(str(error))}"))
-        return
-    conn.send(("ready", None))
-    try:
-        while (message := conn.recv()) is not None:
-            _, index, prompts, completions, columns = message
-            reward = loaded[index]
-            for i in range(len(completions)):
-                row = {key: [column[i]] for key, column in columns.items()}
-                conn.send(_score_one(reward, [prompts[i]], [completions[i]], row))
-    except (EOFError, OSError):
-        pass  # the parent is gone
 
 
 def _unique(name: str, taken: dict[str, Any]) -> str:

@@ -1,9 +1,9 @@
 """The sandbox's child side: confine, then run one untrusted program and answer the judge. Stdlib only.
 
-Started by stare_lit.rewards.sandbox as ``python -I -S _sandbox_child.py RESULT_FD REQUEST_FD PARENT_PID``
+Started by stare_lit.sandbox.sandbox as ``python -I -S child.py RESULT_FD REQUEST_FD PARENT_PID``
 with a scrubbed environment, in a fresh temporary directory that holds the job file ``.job.json``.
 Everything here is trusted until the program starts; from then on nothing in this process is: the
-judge (stare_lit.rewards.judge) believes only plain values, and the parent only a well-formed report.
+judge (stare_lit.sandbox.judge) believes only plain values, and the parent only a well-formed report.
 
 **Isolation ``namespaces``** (the default), four processes, because a user namespace's uid map must
 be written from outside it and a PID namespace takes effect for the children of its maker:
@@ -32,7 +32,7 @@ and the kernel kills everything in the namespace; when the holder dies, the rest
 runner drops to uid 65534 if the trainer is root, joins a new session keyring, sets the limits and
 drops capabilities; no namespaces, so the program sees the machine as that user does.
 
-The report, on RESULT_FD, one JSON line per record (stare_lit.rewards._wire): the isolation
+The report, on RESULT_FD, one JSON line per record (stare_lit.sandbox.wire): the isolation
 record; then, in ``asserts`` mode, ``loaded`` once the program has run, and one reply per request
 read from REQUEST_FD (``{"id", "source", "names", "iterate"}``): ``value`` with the expression's
 value as plain data, ``raised``, or ``unplain``.
@@ -47,10 +47,12 @@ import signal
 import stat
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _wire  # noqa: E402  (the wire format, shared with the parent; loaded before anything is confined)
-
-del sys.path[0]
+if __name__ == "__main__":  # run by path under -I -S, where stare_lit cannot be imported: load the wire format
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # from beside this file, before anything is confined
+    import wire
+    del sys.path[0]
+else:  # imported by the parent (for cgroup_dirs), which must not get a top-level `wire` module
+    from stare_lit.sandbox import wire
 
 CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x02000000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
@@ -459,23 +461,23 @@ def _run_job(job: dict, result_fd: int, request_fd: int) -> int:
 def _answer(request: dict, scope: dict) -> bytes:
     """Evaluate one program expression: its value as plain data, or only that it raised or was not plain."""
     try:
-        names = {name: _wire.decode(wire) for name, wire in request["names"].items()}
+        names = {name: wire.decode(encoded) for name, encoded in request["names"].items()}
         value = eval(compile(request["source"], "<test>", "eval"), {**scope, **names})
         if request["iterate"]:  # the judge only iterates it
             value = list(value)
-        line = _wire.dumps({"kind": "value", "id": request["id"], "value": _wire.encode(value)})
-        if len(line) > _wire.MAX_LINE_BYTES:
-            raise _wire.NotPlain("too large")
+        line = wire.dumps({"kind": "value", "id": request["id"], "value": wire.encode(value)})
+        if len(line) > wire.MAX_LINE_BYTES:
+            raise wire.NotPlain("too large")
         return line
-    except _wire.NotPlain:
-        return _wire.dumps({"kind": "unplain", "id": request["id"]})
+    except wire.NotPlain:
+        return wire.dumps({"kind": "unplain", "id": request["id"]})
     except BaseException:  # whatever the program raised (SystemExit too) answers this request only
-        return _wire.dumps({"kind": "raised", "id": request["id"]})
+        return wire.dumps({"kind": "raised", "id": request["id"]})
 
 
 # ---------------------------------------------------------------------------------------- helpers
 def _report(fd: int, record: dict) -> None:
-    _write_all(fd, _wire.dumps(record))
+    _write_all(fd, wire.dumps(record))
 
 
 def _write_all(fd: int, data: bytes) -> None:

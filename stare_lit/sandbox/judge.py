@@ -8,7 +8,7 @@ reward first sees the row:
   test's own comprehension variables passed in as plain values. A call of a builtin whose arguments
   are all program expressions goes with them (``len(gen(3))``, ``str(Fraction(1, 2))``, and
   ``map``/``filter``/``sorted`` given a program function), because it only turns the program's
-  value into data. The sandbox returns each result as plain data (``stare_lit.rewards._wire``):
+  value into data. The sandbox returns each result as plain data (``stare_lit.sandbox.wire``):
   ``None``, ``bool``, ``int``, ``float``, ``complex``, ``str``, ``bytes`` and ``list``, ``tuple``,
   ``set``, ``frozenset``, ``dict`` of them, exact types only; where the judge only iterates the
   result (``all(... for x in gen())``, ``sorted(gen(), reverse=True)``) the sandbox sends ``list(result)``.
@@ -49,7 +49,8 @@ import sys
 import time
 from typing import Any, Callable, Optional
 
-from stare_lit.rewards._wire import NoValue
+from stare_lit.errors import short
+from stare_lit.sandbox.wire import NoValue
 
 MAX_ITEMS = 1_000_000  # the longest sequence the judge builds
 MAX_STEPS = 300_000  # nodes the judge may evaluate for one test (~1 s at worst)
@@ -325,9 +326,8 @@ def _targets(target: ast.expr, where: ast.expr) -> set[str]:
     raise UnjudgeableTest(f"`{_short(where)}`: a comprehension's variables must be names or tuples of names")
 
 
-def _short(node: ast.AST, limit: int = 60) -> str:
-    text = ast.unparse(node)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _short(node: ast.AST) -> str:
+    return short(ast.unparse(node), 60)
 
 
 # ---------------------------------------------------------------------------------------- evaluate

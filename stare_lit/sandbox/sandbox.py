@@ -1,6 +1,6 @@
 """Run an untrusted Python program confined, and read what it reports as data that cannot hurt the reader (Linux).
 
-What a run is (``isolation: namespaces``, the default; stare_lit.rewards._sandbox_child does it):
+What a run is (``isolation: namespaces``, the default; stare_lit.sandbox.child does it):
 
 - a new ``python -I -S`` process in a scrubbed environment, under resource limits (CPU seconds,
   address space, file size, open files, processes; no core files), with stdout and stderr read
@@ -15,14 +15,14 @@ What a run is (``isolation: namespaces``, the default; stare_lit.rewards._sandbo
 - with a new session keyring, and (as root) in a pids and a memory cgroup below the trainer's.
 
 A machine that cannot give all of that gets a ``ConfigError`` naming what failed, before any program
-runs; ``isolation: limits_only`` is the documented weaker mode (README, "Code rewards").
+runs; ``isolation: limits_only`` is the documented weaker mode (docs/code_rewards.md).
 
 What comes back is checked here, and nothing in it is trusted: one JSON line per record
-(stare_lit.rewards._wire), in a fixed order — isolation, ``loaded``, then one reply per request with
+(stare_lit.sandbox.wire), in a fixed order — isolation, ``loaded``, then one reply per request with
 the request's id — each bounded in size and nesting, values decoded to plain data by exact type. A
 line out of order, a duplicate or missing reply, a wrong id, bad UTF-8 or JSON, an unknown field,
 too much data: the run is marked ``tampered`` and scores 0 (counted in ``reward/<name>_errors``).
-The verdict is not here at all: stare_lit.rewards.judge decides each test from the values.
+The verdict is not here at all: stare_lit.sandbox.judge decides each test from the values.
 """
 
 from __future__ import annotations
@@ -43,13 +43,13 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from stare_lit.errors import ConfigError, check
-from stare_lit.rewards import _wire
-from stare_lit.rewards._sandbox_child import cgroup_dirs
-from stare_lit.rewards._wire import Malformed, NoValue
+from stare_lit.sandbox import wire
+from stare_lit.sandbox.child import cgroup_dirs
+from stare_lit.sandbox.wire import Malformed, NoValue
 
-_CHILD = Path(__file__).with_name("_sandbox_child.py")
+_CHILD = Path(__file__).with_name("child.py")  # run by path: under -I -S, stare_lit is not importable
 _PREFIX = "stare-lit-sandbox-"  # + the parent's pid: directories and cgroups of dead parents are swept
-_MAX_PENDING = 2 * _wire.MAX_LINE_BYTES  # report bytes waiting to be read: at most one reply is outstanding
+_MAX_PENDING = 2 * wire.MAX_LINE_BYTES  # report bytes waiting to be read: at most one reply is outstanding
 # Variables a Python program needs to behave normally; nothing that can hold a secret.
 DEFAULT_ENV_ALLOW = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
 _LIMITS = ("cpu_seconds", "memory_mb", "file_size_mb", "max_processes", "max_open_files", "disk_mb", "max_files")
@@ -81,7 +81,7 @@ class Sandbox:
         isolation: ``namespaces`` (the module docstring; refused with a ``ConfigError`` where the
             machine cannot give it) or ``limits_only``: no namespaces, the limits, a scrubbed
             environment, a new session keyring, and root dropped to nobody — the program then sees
-            the machine as that user does (README, "Code rewards").
+            the machine as that user does (docs/code_rewards.md).
     """
 
     timeout_seconds: float = 10.0
@@ -215,7 +215,7 @@ class Session:
         request = {"id": self._next_id, "source": source, "iterate": iterate,
                    "names": {name: _encode(value) for name, value in names.items()}}
         self._next_id += 1
-        self._pipes.outgoing += _wire.dumps(request)  # sent while the reply is awaited: neither side blocks
+        self._pipes.outgoing += wire.dumps(request)  # sent while the reply is awaited: neither side blocks
         record = self._record()
         if record is None:
             raise NoValue(source)
@@ -315,8 +315,8 @@ def _libpython() -> str:
 
 def _encode(value: Any) -> Any:
     try:
-        return _wire.encode(value)
-    except _wire.NotPlain:
+        return wire.encode(value)
+    except wire.NotPlain:
         raise NoValue("a test variable that is not plain data") from None
 
 
@@ -326,7 +326,7 @@ def _warn_if_weaker(sandbox: Sandbox) -> None:
         _warned = True
         warnings.warn("sandbox.isolation: limits_only: programs run without namespaces (as nobody if the trainer is"
                       " root, else as your user): they can read what that user can, use the network and see your"
-                      " processes (README, 'Code rewards')", SandboxWarning, stacklevel=4)
+                      " processes (docs/code_rewards.md)", SandboxWarning, stacklevel=4)
 
 
 _warned = False
@@ -337,7 +337,7 @@ def _refusal(reason: str, sandbox: Sandbox) -> str:
             f" {sandbox.isolation} requires ({reason[:300]}); allow user namespaces (sysctl"
             " user.max_user_namespaces > 0; on Ubuntu 24.04+ kernel.apparmor_restrict_unprivileged_userns=0; in"
             " Docker, --security-opt seccomp=unconfined --security-opt apparmor=unconfined), or set"
-            " sandbox.isolation: limits_only to run programs with limits only (README, 'Code rewards', says what"
+            " sandbox.isolation: limits_only to run programs with limits only (docs/code_rewards.md says what"
             " that does not stop)")
 
 
@@ -352,7 +352,7 @@ def parse_record(line: bytes) -> dict:
     ``{"kind": "loaded"}``, ``{"kind": "value", "id": int, "value": <wire value>}``,
     ``{"kind": "raised" | "unplain", "id": int}``. Never raises anything but :class:`Malformed`.
     """
-    record = _wire.loads(line)
+    record = wire.loads(line)
     if type(record) is not dict or type(record.get("kind")) is not str:
         raise Malformed("not a record")
     kind, keys = record["kind"], set(record)
@@ -369,7 +369,7 @@ def parse_record(line: bytes) -> dict:
         if kind != "value" and keys == {"kind", "id"}:
             return record
         if kind == "value" and keys == {"kind", "id", "value"}:
-            return {**record, "value": _wire.decode(record["value"])}
+            return {**record, "value": wire.decode(record["value"])}
     raise Malformed(f"a record of kind {kind[:20]!r} with fields {sorted(keys)[:8]}")
 
 
@@ -394,7 +394,7 @@ class _Pipes:
                 line = bytes(buffer[:end])
                 del buffer[: end + 1]
                 return line
-            if len(buffer) > _wire.MAX_LINE_BYTES:
+            if len(buffer) > wire.MAX_LINE_BYTES:
                 self.pending_too_long = True
                 return None
             if self.report not in self.open or self.overflowed or not self._pump(deadline):

@@ -1,7 +1,7 @@
 """Tests for callbacks/entropy.py: hand-computed metrics, the alert's collapse rule, checkpoint/stop, resume state.
 
-The attribution, the forecast and the report have their own files (test_callbacks_attribution.py,
-test_callbacks_forecast.py, test_callbacks_report.py).
+The attribution, the forecast and the report have their own files (test_attribution.py,
+test_forecast.py, test_report.py).
 
 Most tests drive the callbacks through a real single-process CPU ``lightning.Trainer`` with a CSVLogger and
 a one-Linear manual-optimisation module whose training_step returns scripted per-token statistics.

@@ -27,7 +27,7 @@ from jsonargparse import ArgumentParser
 from callbacks import AlertEvent, EntropyCollapseAlert
 from callbacks.forecast import EntropyForecaster, linear_fit
 from stare_lit.errors import ConfigError
-from tests.test_callbacks import ScriptedModule, fit, read_metrics
+from tests.callbacks.test_entropy import ScriptedModule, fit, read_metrics
 
 THRESHOLD = 0.3
 
@@ -276,7 +276,7 @@ def test_hook_and_actions_from_yaml():
     parser.add_class_arguments(EntropyCollapseAlert, "alert")
     config = parser.parse_string(
         "alert:\n  min_entropy: 0.1\n  forecast_actions: [warn, hook]\n"
-        "  hook: tests.test_callbacks_forecast.record_hook\n"
+        "  hook: tests.callbacks.test_forecast.record_hook\n"
     )
     alert = parser.instantiate_classes(config).alert
     assert alert.hook is record_hook and alert.forecast_actions == ("warn", "hook")

@@ -1,4 +1,4 @@
-"""The command line as a program: results, --print_config, --help. Bad input: tests/test_bad_input.py."""
+"""The command line as a program: results, --print_config, --help. Bad input: tests/commands/test_bad_input.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from stare_lit.commands.cli import main
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 STARE_CONFIG = str(ROOT / "configs" / "arithmetic_stare.yaml")
 
 

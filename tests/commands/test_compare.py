@@ -49,7 +49,7 @@ def test_compare_configs_parse_and_name_existing_files(name):
 
     from stare_lit.commands.compare import compare
 
-    root = Path(__file__).parents[1]
+    root = Path(__file__).parents[2]
     parser = ArgumentParser(exit_on_error=False)
     parser.add_function_arguments(compare)
     cfg = parser.parse_path(str(root / "configs" / "compare" / f"{name}.yaml"))

@@ -1,6 +1,6 @@
 """``stare-lit export``: a fit checkpoint → a Hugging Face directory that loads back with the same logits.
 
-The sharded case (a 2-process FSDP2 checkpoint) is in tests/test_fsdp.py.
+The sharded case (a 2-process FSDP2 checkpoint) is in tests/train/test_fsdp.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from stare_lit.commands.cli import main
 from stare_lit.commands.export import load_policy_from_checkpoint
-from tests.test_cli import fit_args, run_main
+from tests.commands.test_cli import fit_args, run_main
 
 PROMPTS = ["12+34=", "567+89="]
 

@@ -27,7 +27,7 @@ from stare_lit.data.tasks.partial_sums import (
 from stare_lit.commands.warmstart import partial_sums_task
 from tests.conftest import tiny_config
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 NUMBERS = [5, 12, 3, 8]
 
 

@@ -1,6 +1,6 @@
 """Run a command as uid 65534 (nobody), from root, with the paths it needs reachable. A test helper, stdlib only.
 
-    python tests/_as_nobody.py PATH... -- COMMAND...
+    python tests/sandbox/_as_nobody.py PATH... -- COMMAND...
 
 The sandbox has to be tested as a normal user too, and this machine (like CI) runs as root. Dropping
 to nobody is the easy part; the hard part is that the interpreter may live where nobody cannot

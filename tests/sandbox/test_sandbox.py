@@ -1,7 +1,7 @@
 """CodeTestReward and its sandbox: hostile programs score what they earn, and the host stays out of reach.
 
 The hostile table (``hostile_rows``) is run twice: as this process's user (root here and on CI) and
-as uid 65534 from a child process (``tests/_as_nobody.py``), so that both ways the sandbox is set
+as uid 65534 from a child process (``tests/sandbox/_as_nobody.py``), so that both ways the sandbox is set
 up are proven. Each row says what the program must score and how many errors the reward counts;
 rows with a *control* first run the same program and tests bare — ``python -c program+tests`` as
 the trainer, the naive judge — where the attack must work, so a row cannot pass because the attack
@@ -41,7 +41,7 @@ from stare_lit.rewards.base import ErrorScore
 from stare_lit.rewards.judge import UnjudgeableTest
 from stare_lit.rewards.sandbox import Sandbox, SandboxWarning, probe
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 ISOLATION = probe()
 CONFINED = "refused" not in ISOLATION
 # Where the machine refuses the sandbox (no user namespaces), the reward's own logic is still tested, in the
@@ -706,11 +706,11 @@ def nobody_table(request):
     if not (wanted and CONFINED and os.geteuid() == 0):
         yield None
         return
-    code = (f"import json, sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import test_code_reward as t;"
+    code = (f"import json, sys; sys.path.insert(0, {str(ROOT / 'tests' / 'sandbox')!r}); import test_sandbox as t;"
             f" print(json.dumps(t.check_table(t.ROW_NAMES)))")
     reach = [sys.base_prefix, sys.prefix, sys.executable, str(ROOT)]
     with tempfile.TemporaryFile() as errors:
-        process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "_as_nobody.py"), *reach, "--",
+        process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "sandbox" / "_as_nobody.py"), *reach, "--",
                                     sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=errors, text=True,
                                    env={"PATH": os.environ.get("PATH", ""), "HOME": "/tmp"})
         process.errors = errors
@@ -1007,7 +1007,7 @@ def test_code_config_trains_through_the_reward_worker(tmp_path, capsys):
 @needs_namespaces
 @pytest.mark.skipif(os.geteuid() != 0, reason="the table already ran as a normal user: this process is one")
 def test_hostile_table_as_a_normal_user(nobody_table):
-    """The whole table as uid 65534, from a child process of this root one (tests/_as_nobody.py)."""
+    """The whole table as uid 65534, from a child process of this root one (tests/sandbox/_as_nobody.py)."""
     out, _ = nobody_table.communicate(timeout=600)
     nobody_table.errors.seek(0)
     assert nobody_table.returncode == 0, nobody_table.errors.read()[-3000:]

@@ -1,8 +1,8 @@
-"""STARE's token selections on several gloo processes, for tests/test_stare_above_entropy.py.
+"""STARE's token selections on several gloo processes, for tests/schemes/test_stare_above_entropy.py.
 
 Run as a script (a subprocess of the test, so pytest is never re-launched as another rank)::
 
-    python tests/selection_world_script.py --world 3 --out DIR
+    python tests/schemes/selection_world_script.py --world 3 --out DIR
 
 Every rank builds the same seeded batch (``world_batch``), keeps rows r, r + world, ... (so ranks hold
 different numbers of rows and of candidate tokens), selects, and writes its rows' masks to
@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from stare_lit.schemes.base import TokenBatch  # noqa: E402
 from stare_lit.schemes.stare import STARE, above_entropy_selection, stare_selection  # noqa: E402

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from stare_lit.errors import ConfigError
 from stare_lit.schemes.base import TokenBatch
 from stare_lit.schemes.stare import STARE, above_entropy_selection, capped_k, stare_selection, stare_token_weights
-from tests.selection_world_script import ROWS, selections, world_batch
+from tests.schemes.selection_world_script import ROWS, selections, world_batch
 
 SCRIPT = Path(__file__).with_name("selection_world_script.py")
 

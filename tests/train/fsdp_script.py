@@ -1,6 +1,6 @@
-"""A tiny GRPO run with FSDP2 (ModelParallelStrategy) on CPU processes, for tests/test_fsdp.py.
+"""A tiny GRPO run with FSDP2 (ModelParallelStrategy) on CPU processes, for tests/train/test_fsdp.py.
 
-    python tests/fsdp_script.py --model DIR --out OUT.json --devices 2 [--ckpt DIR] [--no-gather]
+    python tests/train/fsdp_script.py --model DIR --out OUT.json --devices 2 [--ckpt DIR] [--no-gather]
 
 It must run as its own process: Lightning re-launches this script (not pytest) as rank 1.
 
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
+sys.path.insert(0, str(Path(__file__).parents[2]))
 
 import stare_lit.rollout.hf as rollout_lib  # noqa: E402
 from stare_lit.data.datamodule import collate_prompts  # noqa: E402

@@ -17,7 +17,7 @@ import stare_lit.train.checkpoint as checkpoint_file
 from stare_lit.train.checkpoint import AtomicCheckpointIO
 from stare_lit.errors import ConfigError
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 def state(value: float) -> dict:

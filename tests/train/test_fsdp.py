@@ -1,6 +1,6 @@
 """FSDP2 through Lightning's ModelParallelStrategy on 2 CPU processes (gloo), against 1 process.
 
-The 2-process run is a subprocess of tests/fsdp_script.py: a ``Trainer(devices=2)`` inside pytest
+The 2-process run is a subprocess of tests/train/fsdp_script.py: a ``Trainer(devices=2)`` inside pytest
 would make Lightning re-launch pytest itself as rank 1. Both runs see the same 4 prompts per step
 (2 ranks × 2 or 1 × 4) and the same completions (each prompt sampled on its own, seeded from its
 text), so the world-level loss, the gradient norm and the weights after two steps must agree up to
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
-from tests.fsdp_script import run
+from tests.train.fsdp_script import run
 
 SCRIPT = Path(__file__).with_name("fsdp_script.py")
 
@@ -33,7 +33,7 @@ def launch(model_dir: str, out: Path, *args: str, timeout: float = 240) -> dict:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     env.pop("MASTER_PORT", None)  # let Lightning pick a free port
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "--model", model_dir, "--out", str(out), "--devices", "2",
-                             *args], cwd=SCRIPT.parents[1], env=env, stdout=subprocess.PIPE,
+                             *args], cwd=SCRIPT.parents[2], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         output, _ = proc.communicate(timeout=timeout)
@@ -94,7 +94,7 @@ def test_sharded_checkpoint_exports(two_ranks, tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from stare_lit.commands.cli import main
-    from tests.fsdp_script import PROBE_IDS
+    from tests.train.fsdp_script import PROBE_IDS
 
     fit_config = tmp_path / "fit.yaml"  # the script trains without LightningCLI: no config.yaml to find
     fit_config.write_text(f"model:\n  policy:\n    name_or_path: {tiny_model_dir}\n")

@@ -1,5 +1,5 @@
-"""The layout holds: every class path users read resolves, and each package imports only what
-CONTRIBUTING.md's table allows.
+"""The layout holds: every class path users read resolves, each package imports only what
+CONTRIBUTING.md's table allows, and no test module imports another.
 
 A stale path (a class moved, a module renamed) in a config, the README or the docs fails here rather
 than in a user's first run.
@@ -135,3 +135,20 @@ def test_callbacks_never_import_the_commands_and_stare_lit_never_imports_callbac
 def test_the_flat_modules_are_gone():
     flat = sorted(p.name for p in (ROOT / "stare_lit").glob("*.py"))
     assert flat == ["__init__.py", "blame.py", "errors.py", "module.py"]
+
+
+def test_no_test_module_imports_another():
+    """Code two test files share lives in conftest.py or a helper module (helpers.py, live.py, cli.py,
+    callbacks/scripted.py), never in a test_*.py that another one imports."""
+    broken = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [f"{node.module or ''}.{a.name}" for a in node.names]
+            else:
+                continue
+            if any(part.startswith("test_") for name in names for part in name.split(".")):
+                broken.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {', '.join(names)}")
+    assert not broken, "\n".join(broken)

@@ -11,20 +11,12 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from stare_lit.module import GRPOModule, LossSettings
+from stare_lit.module import LossSettings
 from stare_lit.train.policy import Policy
-from stare_lit.rollout.base import Sampling
-from stare_lit.data.tasks.arithmetic import ArithmeticDataModule, ArithmeticReward
+from stare_lit.data.tasks.arithmetic import ArithmeticDataModule
 from stare_lit.schemes.stare import STARE
 from tests.helpers import MixedReward
-from tests.live import assert_live, assert_same_update, live_module, step_once
-
-
-def make_module(policy, **kwargs) -> GRPOModule:
-    defaults = dict(policy=policy, rewards=[ArithmeticReward()], group_size=4,
-                    sampling=Sampling(max_new_tokens=10), val_samples=2,
-                    optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3))
-    return GRPOModule(**(defaults | kwargs))
+from tests.live import assert_live, assert_same_update, live_module, make_module, step_once
 
 
 def fit(module, tmp_path, steps=2, callbacks=(), **trainer_kwargs) -> tuple[L.Trainer, pd.DataFrame]:

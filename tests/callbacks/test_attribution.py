@@ -26,7 +26,7 @@ from stare_lit.ops.entropy_dynamics import (
     quadrant_masks,
     softmax_entropy_gradient,
 )
-from tests.callbacks.test_entropy import fit, hand_outputs, scripted_outputs
+from tests.callbacks.scripted import fit, hand_outputs, scripted_outputs
 
 # --------------------------------------------------------------------------------------------
 # the first-order prediction on a small softmax

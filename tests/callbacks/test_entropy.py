@@ -9,7 +9,6 @@ a one-Linear manual-optimisation module whose training_step returns scripted per
 
 from __future__ import annotations
 
-import csv
 import math
 import random
 import warnings
@@ -19,34 +18,14 @@ from types import SimpleNamespace
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.loggers import CSVLogger
-from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks import EntropyCollapseAlert, EntropyMonitor
 from callbacks.entropy import quantile_name, quantiles
 from stare_lit.errors import ConfigError
+from tests.callbacks.scripted import ScriptedModule, fit, hand_outputs, read_metrics, scripted_outputs
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def hand_outputs() -> dict[str, torch.Tensor]:
-    """B=2, T=3; the last token of row 0 is padding (masked out) and carries values that would
-    change every statistic if it were counted."""
-    mask = torch.tensor([[True, True, False], [True, True, True]])
-    entropy = torch.tensor([[1.0, 2.0, 99.0], [0.5, 1.5, 3.0]])
-    surprisal = torch.tensor([[0.5, 3.0, 99.0], [2.0, 1.0, 3.0]])
-    advantages = torch.tensor([[1.0, 1.0, 5.0], [1.0, 0.0, -2.0]])
-    return {
-        "loss": torch.tensor(0.0),
-        "entropy": entropy,
-        "surprisal": surprisal,
-        "advantages": advantages,
-        "weights": torch.ones(2, 3),
-        "mask": mask,
-        "rewards": torch.tensor([1.0, float("nan")]),
-    }
-
 
 # Valid tokens (H, s, A): (1.0, 0.5, +1) (2.0, 3.0, +1) (0.5, 2.0, +1) (1.5, 1.0, 0) (3.0, 3.0, -2)
 # entropy mean 8.0 / 5 = 1.6; sorted 0.5 1.0 1.5 2.0 3.0 -> q10 = 0.5 + 0.4 * 0.5 = 0.7,
@@ -89,70 +68,6 @@ HAND_EXPECTED = {
     "entropy_monitor/reweighted_share": 0.0,  # ω ≡ 1: nothing reweighted ...
     "entropy_monitor/reweighted_above_entropy_share": float("nan"),  # ... so no share of it is above H
 }
-
-
-def scripted_outputs(entropy: float) -> dict[str, torch.Tensor]:
-    """Every valid token has entropy ``entropy``; the padded token has a huge one that must be ignored."""
-    out = hand_outputs()
-    out["entropy"] = torch.where(out["mask"], torch.full((2, 3), entropy), torch.full((2, 3), 1e6))
-    return out
-
-
-class ScriptedModule(pl.LightningModule):
-    """Manual optimisation, one nn.Linear; training_step returns outputs[i] for the i-th batch."""
-
-    def __init__(self, outputs: list[dict[str, torch.Tensor]]) -> None:
-        super().__init__()
-        self.automatic_optimization = False
-        self.layer = torch.nn.Linear(1, 1)
-        self.scripted = outputs
-        self.calls = 0
-
-    def training_step(self, batch, batch_idx):
-        opt = self.optimizers()
-        loss = self.layer(batch[0]).pow(2).mean()
-        opt.zero_grad()
-        self.manual_backward(loss)
-        opt.step()
-        out = dict(self.scripted[self.calls], loss=loss.detach())
-        self.calls += 1
-        return out
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
-    def train_dataloader(self):
-        return DataLoader(TensorDataset(torch.zeros(len(self.scripted), 1)), batch_size=1)
-
-
-def fit(tmp_path: Path, outputs, callbacks, **trainer_kwargs) -> tuple[pl.Trainer, ScriptedModule]:
-    module = ScriptedModule(outputs)
-    kwargs = dict(
-        accelerator="cpu",
-        devices=1,
-        max_steps=len(outputs),
-        max_epochs=1,
-        logger=CSVLogger(tmp_path),
-        log_every_n_steps=1,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    kwargs.update(trainer_kwargs)
-    trainer = pl.Trainer(callbacks=callbacks, **kwargs)
-    trainer.fit(module)
-    return trainer, module
-
-
-def read_metrics(trainer: pl.Trainer) -> dict[int, dict[str, float]]:
-    """metrics.csv as {step: {name: value}} (empty cells dropped)."""
-    rows: dict[int, dict[str, float]] = {}
-    with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:
-        for row in csv.DictReader(f):
-            step = int(row.pop("step"))
-            rows.setdefault(step, {}).update({k: float(v) for k, v in row.items() if v != ""})
-    return rows
 
 
 def fake_trainer(batches_done: int = 0, global_step: int = 0, should_update_logs: bool = True, tmp_path=None):

@@ -27,9 +27,7 @@ from jsonargparse import ArgumentParser
 from callbacks import AlertEvent, EntropyCollapseAlert
 from callbacks.forecast import EntropyForecaster, linear_fit
 from stare_lit.errors import ConfigError
-from tests.callbacks.test_entropy import ScriptedModule, fit, read_metrics
-
-THRESHOLD = 0.3
+from tests.callbacks.scripted import SHORT, SHORT_SETTINGS, THRESHOLD, ScriptedModule, fit, read_metrics, trace_outputs
 
 
 def collapsing(n: int = 300, seed: int = 0) -> list[tuple[float, float]]:
@@ -145,28 +143,6 @@ def test_forecaster_arithmetic():
 
 # --------------------------------------------------------------------------------------------
 # through a real Trainer
-
-
-def trace_outputs(entropy: float, push: float) -> dict[str, torch.Tensor]:
-    """Two completions of three tokens, all with token entropy ``entropy``; the predicted change has the
-    sign of ``push``: down = confident tokens of the rewarded row (A>0, s<H) and surprising tokens of
-    the penalised one (A<0, s>H); up = the opposite."""
-    low, high = entropy / 2, 2 * entropy
-    surprisal = [[low] * 3, [high] * 3] if push < 0 else [[high] * 3, [low] * 3]
-    return {
-        "loss": torch.tensor(0.0),
-        "entropy": torch.full((2, 3), entropy),
-        "surprisal": torch.tensor(surprisal),
-        "advantages": torch.tensor([[1.0] * 3, [-1.0] * 3]),
-        "weights": torch.ones(2, 3),
-        "mask": torch.ones(2, 3, dtype=torch.bool),
-        "rewards": torch.tensor([1.0, 0.0]),
-    }
-
-
-# 10 steps at 1.0, then -5 % per step: below 0.3 from step 34 on
-SHORT = [1.0] * 10 + [0.95**k for k in range(1, 31)]
-SHORT_SETTINGS = dict(min_entropy=THRESHOLD, max_relative_drop=None, horizon=15, window=8, patience=2)
 
 
 def test_forecast_actions_through_the_trainer(tmp_path):

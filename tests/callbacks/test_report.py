@@ -20,8 +20,7 @@ from stare_lit.rollout.base import Sampling
 from stare_lit.data.tasks.arithmetic import ArithmeticDataModule
 from stare_lit.schemes.stare import STARE
 from tests.helpers import MixedReward
-from tests.callbacks.test_entropy import fit
-from tests.callbacks.test_forecast import SHORT, SHORT_SETTINGS, trace_outputs
+from tests.callbacks.scripted import SHORT, SHORT_SETTINGS, fit, trace_outputs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -112,7 +111,7 @@ def test_entropy_callbacks_on_the_grpo_module(tiny_policy, tmp_path):
 def test_report_shows_which_tokens_the_weights_moved(tmp_path):
     """hand_outputs with w = 1.5 on a token below its entropy and on one above it, 0.5 on one at s = H:
     a third of the reweighted tokens are above their entropy; with w ≡ 1 the panel says none."""
-    from tests.callbacks.test_entropy import hand_outputs
+    from tests.callbacks.scripted import hand_outputs
 
     moved = hand_outputs()
     moved["weights"] = torch.tensor([[1.5, 1.5, 1.0], [1.0, 1.0, 0.5]])

@@ -25,7 +25,7 @@ import yaml
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from stare_lit.commands.cli import main
-from tests.commands.test_cli import ROOT, fit_args
+from tests.cli import ROOT, fit_args
 
 DATA = ["--data", "stare_lit.data.PromptDataModule", "--data.init_args.batch_size", "2"]
 

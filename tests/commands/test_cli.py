@@ -5,30 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from stare_lit.commands.cli import main
-
-ROOT = Path(__file__).parents[2]
-STARE_CONFIG = str(ROOT / "configs" / "arithmetic_stare.yaml")
-
-
-def run_main(args: list[str], capsys) -> str:
-    """Run the CLI in-process; return what it printed on its way out (it must exit non-zero)."""
-    with pytest.raises(SystemExit, match=r"^(?!0$)\S") as exit_info:  # a message or a non-zero status
-        main(args)
-    assert exit_info.value.code not in (0, None)
-    captured = capsys.readouterr()
-    message = exit_info.value.code if isinstance(exit_info.value.code, str) else ""
-    return message + captured.err + captured.out
-
-
-def fit_args(tiny_model_dir: str, tmp_path: Path, *extra: str) -> list[str]:
-    return ["fit", "--config", STARE_CONFIG, "--model.policy.name_or_path", tiny_model_dir,
-            "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
-            "--trainer.max_steps", "1", "--data.init_args.num_val_prompts", "4", *extra]
+from tests.cli import ROOT, STARE_CONFIG, fit_args, run_main
 
 
 def test_cli_prints_where_results_are(tiny_model_dir, tmp_path, capsys):

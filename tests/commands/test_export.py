@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from stare_lit.commands.cli import main
 from stare_lit.commands.export import load_policy_from_checkpoint
-from tests.commands.test_cli import fit_args, run_main
+from tests.cli import fit_args, run_main
 
 PROMPTS = ["12+34=", "567+89="]
 

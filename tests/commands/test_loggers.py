@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from stare_lit.commands.cli import main
-from tests.commands.test_cli import ROOT
+from tests.cli import ROOT
 
 TENSORBOARD = str(ROOT / "configs" / "loggers" / "tensorboard.yaml")
 

@@ -79,7 +79,7 @@ def test_a_process_killed_mid_save_leaves_the_previous_checkpoint(tmp_path):
 
 def test_last_ckpt_survives_a_failing_save_during_training(tiny_policy, tmp_path, monkeypatch):
     """Through the Trainer: the save at step 2 fails, last.ckpt is still step 1's, complete."""
-    from tests.test_module import make_module
+    from tests.live import make_module
     from stare_lit.data.tasks.arithmetic import ArithmeticDataModule
 
     io = AtomicCheckpointIO()

@@ -22,7 +22,7 @@ from stare_lit.errors import NonFiniteError
 from stare_lit.module import GRPOModule
 from stare_lit.rollout.base import Sampling
 from stare_lit.data.tasks.arithmetic import ArithmeticDataModule
-from tests.test_resume import DigitShare
+from tests.helpers import DigitShare
 
 
 class NaNLogits(Callback):

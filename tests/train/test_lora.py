@@ -14,7 +14,7 @@ from stare_lit.module import GRPOModule, LossSettings
 from stare_lit.train.policy import Policy
 from stare_lit.rollout.base import Sampling
 from stare_lit.data.tasks.arithmetic import ArithmeticDataModule
-from tests.test_resume import DigitShare
+from tests.helpers import DigitShare
 
 
 def lora_module(model_dir: str, beta: float = 0.0, **lora) -> GRPOModule:

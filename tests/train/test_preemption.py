@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from stare_lit.commands.cli import main
-from tests.commands.test_cli import ROOT, STARE_CONFIG
+from tests.cli import ROOT, STARE_CONFIG
 
 STEPS = 6  # 3 batches per epoch: two epochs
 

@@ -7,7 +7,7 @@ from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
 from stare_lit.errors import ConfigError
 from stare_lit.train.strategy import AtomicModelParallelStrategy, refuse_fsdp1
-from tests.commands.test_cli import fit_args, run_main
+from tests.cli import fit_args, run_main
 
 
 @pytest.mark.parametrize("strategy", ["fsdp", "FSDP_cpu_offload", {"class_path": "lightning.pytorch.strategies.FSDPStrategy"},

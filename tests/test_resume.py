@@ -27,6 +27,8 @@ from stare_lit.data.tasks.arithmetic import ArithmeticDataModule
 from stare_lit.schemes.stare import STARE
 from tests.helpers import DigitShare
 
+pytestmark = pytest.mark.slow  # training runs stopped and resumed, compared with uninterrupted ones
+
 STEPS = 6  # 3 batches per epoch: two epochs
 ACCELERATORS = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
 

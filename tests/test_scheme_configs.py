@@ -33,6 +33,8 @@ from stare_lit.module import GRPOModule
 from stare_lit.ops.advantages import equal_groups, group_advantages
 from tests.live import G, PROMPTS, assert_live, step_once
 
+pytestmark = pytest.mark.slow  # each overlay is built from its YAML and takes real training steps
+
 ROOT = Path(__file__).parents[1]
 OVERLAYS = sorted((ROOT / "configs" / "schemes").rglob("*.yaml"))
 TASK_REWARDS = ("stare_lit.data.ArithmeticReward", "stare_lit.data.PartialSumsReward")

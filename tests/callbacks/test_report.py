@@ -25,6 +25,7 @@ from tests.callbacks.scripted import SHORT, SHORT_SETTINGS, fit, trace_outputs
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_report_png_written_beside_the_logs(tmp_path):
     report = EntropyReport(every_n_steps=20, smoothing=3)
     alert = EntropyCollapseAlert(**SHORT_SETTINGS, forecast_actions=[], collapse_actions=[])
@@ -47,6 +48,7 @@ def test_report_png_written_beside_the_logs(tmp_path):
     assert all(math.isnan(g) for g in h["gate_on"])  # the scripted module has no scheme
 
 
+@pytest.mark.slow
 def test_report_without_logger_goes_to_default_root_dir_and_resumes(tmp_path):
     report = EntropyReport(every_n_steps=0, filename="dynamics.png", position_buckets=2, dpi=30)
     fit(tmp_path, [trace_outputs(h, -1.0) for h in SHORT[:5]], [report], logger=False)
@@ -78,6 +80,7 @@ def test_report_bad_settings(kwargs, setting):
         EntropyReport(**kwargs)
 
 
+@pytest.mark.slow
 def test_entropy_callbacks_on_the_grpo_module(tiny_policy, tmp_path):
     """Two real steps of GRPO + STARE with all three callbacks: they read the real training_step output."""
     L.seed_everything(0)
@@ -108,6 +111,7 @@ def test_entropy_callbacks_on_the_grpo_module(tiny_policy, tmp_path):
     assert logged["entropy_monitor/entropy_change_pred_reweight"] != 0.0
 
 
+@pytest.mark.slow
 def test_report_shows_which_tokens_the_weights_moved(tmp_path):
     """hand_outputs with w = 1.5 on a token below its entropy and on one above it, 0.5 on one at s = H:
     a third of the reweighted tokens are above their entropy; with w ≡ 1 the panel says none."""

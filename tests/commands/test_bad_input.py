@@ -27,6 +27,8 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from stare_lit.commands.cli import main
 from tests.cli import ROOT, fit_args
 
+pytestmark = pytest.mark.slow  # every row runs a command next to earlier good runs
+
 DATA = ["--data", "stare_lit.data.PromptDataModule", "--data.init_args.batch_size", "2"]
 
 # (name, extra arguments — {placeholders} are files made by the fixture —, words the error must contain)

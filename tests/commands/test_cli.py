@@ -12,12 +12,14 @@ from stare_lit.commands.cli import main
 from tests.cli import ROOT, STARE_CONFIG, fit_args, run_main
 
 
+@pytest.mark.slow
 def test_cli_prints_where_results_are(tiny_model_dir, tmp_path, capsys):
     main(fit_args(tiny_model_dir, tmp_path))
     out = capsys.readouterr().out
     assert "metrics:" in out and "metrics.csv" in out
 
 
+@pytest.mark.slow
 def test_print_config_and_help_run_as_a_program(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "stare_lit.commands.cli", "fit", "--config", STARE_CONFIG, "--print_config"],

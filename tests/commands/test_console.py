@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import lightning as L
+import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.utilities import rank_zero_warn
@@ -53,6 +54,7 @@ class Warns(Callback):
         self.bar.append((task.description.strip(), task.completed, task.total))
 
 
+@pytest.mark.slow
 def test_a_run_keeps_real_warnings_and_counts_steps(tiny_policy, tmp_path, recwarn):
     quiet_lightning()
     module = GRPOModule(policy=tiny_policy, rewards=[ArithmeticReward()], group_size=2, updates_per_batch=2,

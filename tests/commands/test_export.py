@@ -8,12 +8,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from stare_lit.commands.cli import main
 from stare_lit.commands.export import load_policy_from_checkpoint
 from tests.cli import fit_args, run_main
+
+pytestmark = pytest.mark.slow  # each test fits through the CLI first
 
 PROMPTS = ["12+34=", "567+89="]
 

@@ -13,6 +13,7 @@ from tests.cli import ROOT
 TENSORBOARD = str(ROOT / "configs" / "loggers" / "tensorboard.yaml")
 
 
+@pytest.mark.slow
 def test_tensorboard_overlay_gets_scalars_and_histograms(tiny_model_dir, tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

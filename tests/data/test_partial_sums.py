@@ -101,6 +101,7 @@ def sums_model_dir(tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("configs", [["partial_sums_grpo.yaml"], ["partial_sums_stare.yaml"],
                                      ["partial_sums_grpo.yaml", "schemes/partial_sums/stare_c2.yaml"],
                                      ["partial_sums_grpo.yaml", "schemes/partial_sums/stare_adaptive.yaml"],

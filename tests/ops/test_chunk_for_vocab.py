@@ -54,6 +54,7 @@ def test_default_changes_nothing_at_the_projects_vocabulary(tiny_policy):
     assert all(torch.equal(weights_default[n], weights_fixed[n]) for n in weights_default)
 
 
+@pytest.mark.slow
 def test_module_passes_the_vocabulary_chunk_unless_one_is_set(tiny_policy, monkeypatch):
     seen = []
     real = module_code.model_logprobs_and_entropy

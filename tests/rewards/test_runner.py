@@ -155,6 +155,7 @@ def worker_runner():
     runner.close()
 
 
+@pytest.mark.slow
 def test_worker_totals_by_hand_match_in_process(worker_runner):
     prompts, completions = ["p"] * 3, [r"\boxed{4}", r"\boxed{5}", "NONE"]
     columns = {"answer": ["4", "4", "4"]}
@@ -167,6 +168,7 @@ def test_worker_totals_by_hand_match_in_process(worker_runner):
     assert scored.errors == scored.timeouts == {"math_answer_reward": 0, "scripted_reward": 0}
 
 
+@pytest.mark.slow
 def test_worker_keeps_reward_state_across_calls(worker_runner):
     calls_here = worker_runner.rewards[1].calls
     first = worker_runner(["p"], ["CALLS"], {"answer": ["1"]}).per_reward["scripted_reward"].item()
@@ -175,6 +177,7 @@ def test_worker_keeps_reward_state_across_calls(worker_runner):
     assert worker_runner.rewards[1].calls == calls_here  # the parent's copy is not the one called
 
 
+@pytest.mark.slow
 def test_worker_errors_become_none_and_are_counted(worker_runner):
     completions = ["a", "RAISE", "STR", "SHORT", "bb"]  # in the worker, SHORT is pinned to its completion
     with pytest.warns(RewardWarning, match=r"could not score 3 of 5 completions.*raised ValueError: boom on"
@@ -184,6 +187,7 @@ def test_worker_errors_become_none_and_are_counted(worker_runner):
     assert scored.errors == {"math_answer_reward": 0, "scripted_reward": 3}
 
 
+@pytest.mark.slow
 def test_worker_hang_and_crash_are_contained(worker_runner):
     completions = ["a", "HANG", "bb", "DIE", "ccc"]
     start = time.monotonic()
@@ -201,6 +205,7 @@ def test_worker_hang_and_crash_are_contained(worker_runner):
     assert worker_runner(["p"], ["dddd"], {"answer": ["1"]}).per_reward["scripted_reward"].tolist() == [4.0]
 
 
+@pytest.mark.slow
 def test_worker_timeout_score_none_leaves_it_unscored(worker_runner):
     worker_runner.scoring = Scoring(on_error="none", timeout=0.5, timeout_score=None)
     try:
@@ -212,12 +217,14 @@ def test_worker_timeout_score_none_leaves_it_unscored(worker_runner):
     assert scored.timeouts["scripted_reward"] == 1
 
 
+@pytest.mark.slow
 def test_runner_pickles_without_its_worker(worker_runner):
     worker_runner(["p"], ["a"], {"answer": ["1"]})  # make sure a worker is running
     copy = pickle.loads(pickle.dumps(worker_runner))
     assert copy._worker is None and copy.names == worker_runner.names
 
 
+@pytest.mark.slow
 def test_worker_fail_mode_names_completion_and_prompt(worker_runner):
     """on_error fail in the worker; the worker it aborts is stopped and reaped."""
     worker_runner.scoring = Scoring(on_error="fail", timeout=0.5)
@@ -231,6 +238,7 @@ def test_worker_fail_mode_names_completion_and_prompt(worker_runner):
     assert worker_runner._worker is None and (pid is None or reaped(pid))
 
 
+@pytest.mark.slow
 def test_close_and_garbage_collection_reap_the_worker(worker_runner):
     worker_runner(["p"], ["a"], {"answer": ["1"]})
     pid = worker_runner._worker._process.pid
@@ -243,6 +251,7 @@ def test_close_and_garbage_collection_reap_the_worker(worker_runner):
     assert reaped(pid) and worker_runner._worker is None
 
 
+@pytest.mark.slow
 def test_reward_the_worker_cannot_load_is_a_setting_error():
     with RewardRunner([UnloadableReward()], scoring=Scoring(timeout=1.0)) as runner:
         with pytest.raises(ConfigError, match=r"could not load them \(ModuleNotFoundError: .*my_training_script"):

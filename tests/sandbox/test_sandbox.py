@@ -56,6 +56,7 @@ _LIBC.syscall.restype = ctypes.c_long
 _KEYCTL, _ADD_KEY = {"x86_64": (250, 248), "aarch64": (219, 217)}.get(platform.machine(), (None, None))
 
 needs_namespaces = pytest.mark.skipif(not CONFINED, reason=f"this machine refuses the sandbox: {ISOLATION}")
+pytestmark = pytest.mark.slow  # programs run in the sandbox, in worker and child processes
 
 
 def reward(**kwargs) -> CodeTestReward:

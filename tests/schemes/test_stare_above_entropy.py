@@ -179,6 +179,7 @@ def one_process_reference() -> dict[str, list]:
     return selections(world_batch())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs gloo")
 @pytest.mark.parametrize("world", [2, 3])
 def test_world_level_selection_equals_one_process_on_the_pooled_batch(tmp_path, world):

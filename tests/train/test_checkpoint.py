@@ -66,6 +66,7 @@ c.AtomicCheckpointIO().save_checkpoint({{"state_dict": {{"w": torch.full((256, 2
 """
 
 
+@pytest.mark.slow
 def test_a_process_killed_mid_save_leaves_the_previous_checkpoint(tmp_path):
     """SIGKILL halfway through writing the new checkpoint: the old one is still there, complete."""
     path = tmp_path / "last.ckpt"
@@ -77,6 +78,7 @@ def test_a_process_killed_mid_save_leaves_the_previous_checkpoint(tmp_path):
     assert AtomicCheckpointIO().load_checkpoint(path)["global_step"] == 1  # the previous checkpoint, complete
 
 
+@pytest.mark.slow
 def test_last_ckpt_survives_a_failing_save_during_training(tiny_policy, tmp_path, monkeypatch):
     """Through the Trainer: the save at step 2 fails, last.ckpt is still step 1's, complete."""
     from tests.live import make_module

@@ -24,6 +24,8 @@ from stare_lit.rollout.base import Sampling
 from stare_lit.data.tasks.arithmetic import ArithmeticDataModule
 from tests.helpers import DigitShare
 
+pytestmark = pytest.mark.slow  # faults injected into Trainer fits of the GRPO module
+
 
 class NaNLogits(Callback):
     """From the given batches on, the policy's logits are NaN: in the loss's forward (``when="train"``,

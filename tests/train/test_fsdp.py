@@ -24,8 +24,8 @@ from tests.train.fsdp_script import run
 
 SCRIPT = Path(__file__).with_name("fsdp_script.py")
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="needs torch.distributed with the gloo backend")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                                  reason="needs torch.distributed with the gloo backend")]
 
 
 def launch(model_dir: str, out: Path, *args: str, timeout: float = 240) -> dict:

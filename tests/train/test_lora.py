@@ -23,6 +23,7 @@ def lora_module(model_dir: str, beta: float = 0.0, **lora) -> GRPOModule:
                       loss=LossSettings(beta=beta), optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2))
 
 
+@pytest.mark.slow
 def test_only_the_adapters_train_and_are_optimised(tiny_model_dir, tmp_path):
     L.seed_everything(0)
     module = lora_module(tiny_model_dir, beta=0.05)
@@ -81,6 +82,7 @@ def test_bad_lora_settings_name_the_setting(settings, message):
         LoRA(**settings)
 
 
+@pytest.mark.slow
 def test_adapters_get_gradients_under_gradient_checkpointing(tiny_model_dir):
     """Frozen embeddings give the checkpointed blocks an input without grad; the adapters must still learn."""
     model = Policy(name_or_path=tiny_model_dir, gradient_checkpointing=True, lora=LoRA(rank=4)).build_model().train()

@@ -24,6 +24,8 @@ import torch.distributed as dist
 from stare_lit.commands.cli import main
 from tests.cli import ROOT, STARE_CONFIG
 
+pytestmark = pytest.mark.slow  # real signals to `stare-lit fit` runs, in subprocesses and on 2 ranks
+
 STEPS = 6  # 3 batches per epoch: two epochs
 
 

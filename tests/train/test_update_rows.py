@@ -77,6 +77,7 @@ CASES = [(name, "fused") for name in SCHEMES] + [(name, setting) for name in ("s
                                                   for setting in ("micro-batches", "mu=2")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,setting", CASES)
 def test_skipping_leaves_loss_and_gradients_unchanged(tiny_policy, name, setting):
     kwargs = SETTINGS[setting]
@@ -104,6 +105,7 @@ def test_skipping_leaves_loss_and_gradients_unchanged(tiny_policy, name, setting
         assert (tokens_all.weights != 1).any()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", [EntropyBonus, KLCov])
 def test_schemes_that_touch_zero_advantage_rows_skip_nothing(tiny_policy, scheme):
     _, _, _, stats, forwarded = run(tiny_policy, True, scheme())

@@ -48,6 +48,7 @@ def test_two_steps_with_stare_log_everything(tiny_policy, tmp_path):
     assert scheme.entropy == pytest.approx(steps["train/entropy"].iloc[-1], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_micro_batches_and_old_pass_give_the_fused_loss(tiny_policy):
     """One live step three ways on the same rollout: μ=1 fused (one forward), an explicit old pass + 4
     micro-batches, and an explicit old pass + one micro-batch (μ=2, its first update). Same loss, same

@@ -61,6 +61,7 @@ def test_pass_at_k_matches_hand_computed_values(tiny_model_dir, tmp_path):
     assert "| pass@2 | 0.583333 |" in (out / "summary.md").read_text()
 
 
+@pytest.mark.slow
 def test_same_seed_same_files_other_seed_other_samples(tiny_model_dir, tmp_path):
     config = write_config(tmp_path, tiny_model_dir)
     runs = [evaluate(run_config=config, n=N, seed=s, max_prompts=3, out_dir=str(tmp_path / f"run{i}"))

@@ -45,6 +45,7 @@ def tokenizer():
     return tok
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 @pytest.mark.parametrize("compact_below", [0.75, 1.0])
 def test_greedy_tokens_identical(kind, compact_below, tokenizer):

@@ -6,6 +6,7 @@ The reference below is the decode step as it was, writing the cache with ``index
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from stare_lit.data.tasks.arithmetic import ArithmeticReward
@@ -52,6 +53,7 @@ def learn_once(policy):
     return rollout.completion_ids, stats["loss"]
 
 
+@pytest.mark.slow
 def test_slice_copy_gives_the_index_copy_tokens_and_loss(tiny_policy, monkeypatch):
     ids, loss = learn_once(tiny_policy)
     monkeypatch.setattr(fast._Decoder, "_step", index_copy_step)

@@ -1,4 +1,5 @@
-"""One real training step on a fixed rollout with mixed rewards, and the check that it is live.
+"""One real training step on a fixed rollout with mixed rewards, and the check that it is live; and the
+GRPOModule the end-to-end tests fit (``make_module``).
 
 End-to-end tests that claim an equality or a scheme's effect run on a batch whose advantages are not
 all 0 (``assert_live``): on a flat batch the loss, the gradients and every scheme's weights are 0 or
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from stare_lit.data.tasks.arithmetic import ArithmeticReward
 from stare_lit.ops.advantages import equal_groups
 from stare_lit.rollout.base import Sampling
 from stare_lit.module import GRPOModule
@@ -42,6 +44,14 @@ def live_module(policy, **kwargs) -> GRPOModule:
     """A GRPOModule on MixedReward with plain SGD (the step is p − lr·g: parameters compare like gradients)."""
     defaults = dict(policy=policy, rewards=[MixedReward()], group_size=G, sampling=Sampling(max_new_tokens=8),
                     optimizer=lambda params: torch.optim.SGD(params, lr=0.1))
+    return GRPOModule(**(defaults | kwargs))
+
+
+def make_module(policy, **kwargs) -> GRPOModule:
+    """A GRPOModule on the arithmetic task's reward with AdamW, as the end-to-end tests fit it."""
+    defaults = dict(policy=policy, rewards=[ArithmeticReward()], group_size=4,
+                    sampling=Sampling(max_new_tokens=10), val_samples=2,
+                    optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3))
     return GRPOModule(**(defaults | kwargs))
 
 

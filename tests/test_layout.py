@@ -1,5 +1,5 @@
-"""The layout holds: every class path users read resolves, and each package imports only what
-CONTRIBUTING.md's table allows.
+"""The layout holds: every class path users read resolves, each package imports only what
+CONTRIBUTING.md's table allows, and no test module imports another.
 
 A stale path (a class moved, a module renamed) in a config, the README or the docs fails here rather
 than in a user's first run.
@@ -153,7 +153,6 @@ def test_the_sandbox_loads_no_torch():
     assert done.stdout.split() == ["[]"]
 
 
-
 # ------------------------------------------------------------------------------ links in the docs
 LINKED = [*DOCS, ROOT / "benchmarks" / "README.md"]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")  # [text](target) and ![alt](target)
@@ -215,3 +214,22 @@ def test_the_readme_is_a_front_door_that_links_every_docs_page():
     linked = {(ROOT / t.partition("#")[0]).resolve() for t in LINK.findall(prose(readme))}
     missing = [p.name for p in sorted((ROOT / "docs").glob("*.md")) if p.resolve() not in linked]
     assert not missing, f"README.md links no docs page of: {missing}"
+
+
+
+
+def test_no_test_module_imports_another():
+    """Code two test files share lives in conftest.py or a helper module (helpers.py, live.py, cli.py,
+    callbacks/scripted.py), never in a test_*.py that another one imports."""
+    broken = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [f"{node.module or ''}.{a.name}" for a in node.names]
+            else:
+                continue
+            if any(part.startswith("test_") for name in names for part in name.split(".")):
+                broken.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {', '.join(names)}")
+    assert not broken, "\n".join(broken)

@@ -11,20 +11,12 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from stare_lit.module import GRPOModule, LossSettings
+from stare_lit.module import LossSettings
 from stare_lit.train.policy import Policy
-from stare_lit.rollout.base import Sampling
-from stare_lit.data.tasks.arithmetic import ArithmeticDataModule, ArithmeticReward
+from stare_lit.data.tasks.arithmetic import ArithmeticDataModule
 from stare_lit.schemes.stare import STARE
 from tests.helpers import MixedReward
-from tests.live import assert_live, assert_same_update, live_module, step_once
-
-
-def make_module(policy, **kwargs) -> GRPOModule:
-    defaults = dict(policy=policy, rewards=[ArithmeticReward()], group_size=4,
-                    sampling=Sampling(max_new_tokens=10), val_samples=2,
-                    optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3))
-    return GRPOModule(**(defaults | kwargs))
+from tests.live import assert_live, assert_same_update, live_module, make_module, step_once
 
 
 def fit(module, tmp_path, steps=2, callbacks=(), **trainer_kwargs) -> tuple[L.Trainer, pd.DataFrame]:
@@ -38,6 +30,7 @@ def fit(module, tmp_path, steps=2, callbacks=(), **trainer_kwargs) -> tuple[L.Tr
     return trainer, pd.read_csv(trainer.logger.log_dir + "/metrics.csv")
 
 
+@pytest.mark.slow
 def test_two_steps_with_stare_log_everything(tiny_policy, tmp_path):
     scheme = STARE(target_entropy=100.0, top_ratio=0.5, w=1.5)  # gate always open
     trainer, metrics = fit(make_module(tiny_policy, scheme=scheme, rewards=[MixedReward()]), tmp_path, steps=2)
@@ -55,6 +48,7 @@ def test_two_steps_with_stare_log_everything(tiny_policy, tmp_path):
     assert scheme.entropy == pytest.approx(steps["train/entropy"].iloc[-1], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_micro_batches_and_old_pass_give_the_fused_loss(tiny_policy):
     """One live step three ways on the same rollout: μ=1 fused (one forward), an explicit old pass + 4
     micro-batches, and an explicit old pass + one micro-batch (μ=2, its first update). Same loss, same
@@ -75,6 +69,7 @@ def test_micro_batches_and_old_pass_give_the_fused_loss(tiny_policy):
     assert fused.stats["loss"] == pytest.approx(-(out["advantages"] * mask).sum().item() / mask.sum().item(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_several_updates_per_batch_count_optimizer_steps(tiny_policy, tmp_path):
     trainer, metrics = fit(make_module(tiny_policy, updates_per_batch=2), tmp_path, steps=4)
     assert trainer.global_step == 4  # 2 rollout batches × μ=2
@@ -98,6 +93,7 @@ def test_kl_to_reference_builds_a_frozen_reference(tiny_model_dir):
     assert not any(k.startswith("_ref") for k in module.state_dict())  # not checkpointed
 
 
+@pytest.mark.slow
 def test_reference_model_adds_one_forward_not_an_old_pass(tiny_policy, tmp_path):
     """μ = 1, one micro-batch, β > 0: per step one policy forward (with grad) and one reference forward."""
     module = make_module(tiny_policy, loss=LossSettings(beta=0.1))
@@ -112,6 +108,7 @@ def test_reference_model_adds_one_forward_not_an_old_pass(tiny_policy, tmp_path)
     assert calls == [(False, False), (True, True)] * 2  # per step: the reference (no grad), then the update
 
 
+@pytest.mark.slow
 def test_dynamic_sampling_drops_flat_groups_without_crashing(tiny_policy, tmp_path):
     # A random tiny model never answers right: every group is flat, every update is skipped — and
     # a skipped update is no optimizer step, so bound the run by batches, not steps.
@@ -122,12 +119,14 @@ def test_dynamic_sampling_drops_flat_groups_without_crashing(tiny_policy, tmp_pa
     assert (metrics["train/skipped_update"].dropna() == 1.0).all()
 
 
+@pytest.mark.slow
 def test_validation_logs_mean_and_pass_at_k(tiny_policy, tmp_path):
     _, metrics = fit(make_module(tiny_policy), tmp_path, steps=2, val_check_interval=2, check_val_every_n_epoch=None)
     mean_at_k, pass_at_k = metrics["val/mean@2"].dropna(), metrics["val/pass@2"].dropna()
     assert len(mean_at_k) == 1 and 0.0 <= mean_at_k.iloc[0] <= pass_at_k.iloc[0] <= 1.0
 
 
+@pytest.mark.slow
 def test_resume_restores_stare_state(tiny_policy, tmp_path):
     scheme = STARE(target_entropy=100.0, adaptive=True, alpha=0.05, w=1.1, m=0.9)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=1)
@@ -152,6 +151,7 @@ def test_resume_restores_stare_state(tiny_policy, tmp_path):
     assert resumed.w == pytest.approx(1.1 + 4 * 0.05)
 
 
+@pytest.mark.slow
 def test_stare_step_scope_with_micro_batches(tiny_policy, tmp_path):
     scheme = STARE(target_entropy=100.0, top_ratio=0.5, scope="step")
     trainer, metrics = fit(make_module(tiny_policy, scheme=scheme, micro_batch_size=4, rewards=[MixedReward()]),
@@ -164,6 +164,7 @@ def test_stare_step_scope_with_micro_batches(tiny_policy, tmp_path):
     assert (steps["scheme/mean_weight"] > 1).all()  # and W = 1.1 was applied to it
 
 
+@pytest.mark.slow
 def test_mfu_is_logged_when_peak_flops_is_given(tiny_policy, tmp_path):
     _, metrics = fit(make_module(tiny_policy, peak_flops=1e12, skip_inert_rows=False), tmp_path / "a", steps=1)
     mfu = metrics["train/mfu"].dropna()

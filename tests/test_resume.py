@@ -22,20 +22,15 @@ from stare_lit.train.checkpoint import AtomicCheckpointIO
 from stare_lit.train.lora import LoRA
 from stare_lit.module import GRPOModule, LossSettings
 from stare_lit.train.policy import Policy
-from stare_lit.rewards.base import Reward
 from stare_lit.rollout.base import Sampling
 from stare_lit.data.tasks.arithmetic import ArithmeticDataModule
 from stare_lit.schemes.stare import STARE
+from tests.helpers import DigitShare
+
+pytestmark = pytest.mark.slow  # training runs stopped and resumed, compared with uninterrupted ones
 
 STEPS = 6  # 3 batches per epoch: two epochs
 ACCELERATORS = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
-
-
-class DigitShare(Reward):
-    """A graded reward a random tiny model earns (the share of '1's it writes), so every step learns."""
-
-    def __call__(self, prompts, completions, **columns):
-        return [text.count("1") / max(len(text), 1) for text in completions]
 
 
 def train(policy, folder, max_steps: int, ckpt_path=None, accelerator: str = "cpu", loss: LossSettings | None = None):

@@ -10,7 +10,7 @@ A few settings are moved so that the effect can show on a small batch from a nea
 policy, and only these (each would leave the scheme a no-op on this batch, not in a real run):
 - STARE's target: the overlays' targets (0.15 nats, or relative to the first 10 steps) keep the gate
   closed (ω ≡ 1) on a random policy (~2.7 nats); the target is raised to 100 so the gate is open. The
-  gate itself is tested in tests/test_weighting.py and tests/test_stare_target.py.
+  gate itself is tested in tests/schemes/test_stare.py and tests/schemes/test_stare_target.py.
 - Clip-Cov: ratio 2e-4 of ~100 tokens is int(0.02) = 0 clipped tokens, and a near-uniform policy has
   no token with covariance in (1, 5); ratio 0.05 and cov_low 0 clip a few.
 - ERPO: its progress term β·(log π_θ − log π_ref) is 0 until π_θ has moved; compared at step 2
@@ -32,6 +32,8 @@ from stare_lit.commands.cli import StareLitCLI
 from stare_lit.module import GRPOModule
 from stare_lit.ops.advantages import equal_groups, group_advantages
 from tests.live import G, PROMPTS, assert_live, step_once
+
+pytestmark = pytest.mark.slow  # each overlay is built from its YAML and takes real training steps
 
 ROOT = Path(__file__).parents[1]
 OVERLAYS = sorted((ROOT / "configs" / "schemes").rglob("*.yaml"))

@@ -7,7 +7,11 @@ settings are ``benchmarks.vs_trl.LOSS_PAIRS``; the check itself is ``benchmarks.
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.vs_trl import LOSS_PAIRS, compare_losses
+
+pytestmark = pytest.mark.slow  # TRL's GRPOTrainer next to ours
 
 
 def test_trl_and_stare_lit_give_the_same_advantages_loss_and_gradients(tiny_model_dir):

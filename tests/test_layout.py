@@ -233,3 +233,12 @@ def test_no_test_module_imports_another():
             if any(part.startswith("test_") for name in names for part in name.split(".")):
                 broken.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {', '.join(names)}")
     assert not broken, "\n".join(broken)
+
+
+def test_every_test_file_the_docs_name_exists():
+    """A moved test file leaves no stale ``tests/...py`` behind in the docs, benchmarks' notes or comments."""
+    named = re.compile(r"tests/[\w/]+\.py")
+    texts = [*LINKED, *sorted((ROOT / "stare_lit").rglob("*.py")), *sorted((ROOT / "configs").rglob("*.yaml"))]
+    stale = sorted({f"{p.relative_to(ROOT)}: {m}" for p in texts for m in named.findall(p.read_text())
+                    if not (ROOT / m).exists()})
+    assert not stale, "\n".join(stale)

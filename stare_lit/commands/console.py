@@ -2,7 +2,7 @@
 
 Each filter below names a message whose cause is understood and which says nothing true about this
 module; each is scoped to its message *and* the module that emits it, so the same words from a
-user's code, and every other warning, still show (tests/test_console.py checks both).
+user's code, and every other warning, still show (tests/commands/test_console.py checks both).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import csv
 import math
 import random
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,27 +26,33 @@ from torch.utils.data import DataLoader, TensorDataset
 from callbacks import EntropyCollapseAlert, EntropyMonitor
 from callbacks.entropy import quantile_name, quantiles
 from stare_lit.errors import ConfigError
+from stare_lit.train.step_log import STEP, StepOutput
 
 # --------------------------------------------------------------------------------------------
 # helpers
 
 
-def hand_outputs() -> dict[str, torch.Tensor]:
+def given(step: StepOutput) -> dict[str, StepOutput]:
+    """What Lightning hands ``on_train_batch_end`` as ``outputs``: training_step's return."""
+    return {STEP: step}
+
+
+def hand_outputs() -> StepOutput:
     """B=2, T=3; the last token of row 0 is padding (masked out) and carries values that would
     change every statistic if it were counted."""
     mask = torch.tensor([[True, True, False], [True, True, True]])
     entropy = torch.tensor([[1.0, 2.0, 99.0], [0.5, 1.5, 3.0]])
     surprisal = torch.tensor([[0.5, 3.0, 99.0], [2.0, 1.0, 3.0]])
     advantages = torch.tensor([[1.0, 1.0, 5.0], [1.0, 0.0, -2.0]])
-    return {
-        "loss": torch.tensor(0.0),
-        "entropy": entropy,
-        "surprisal": surprisal,
-        "advantages": advantages,
-        "weights": torch.ones(2, 3),
-        "mask": mask,
-        "rewards": torch.tensor([1.0, float("nan")]),
-    }
+    return StepOutput(
+        loss=torch.tensor(0.0),
+        entropy=entropy,
+        surprisal=surprisal,
+        advantages=advantages,
+        weights=torch.ones(2, 3),
+        mask=mask,
+        rewards=torch.tensor([1.0, float("nan")]),
+    )
 
 
 # Valid tokens (H, s, A): (1.0, 0.5, +1) (2.0, 3.0, +1) (0.5, 2.0, +1) (1.5, 1.0, 0) (3.0, 3.0, -2)
@@ -91,17 +98,17 @@ HAND_EXPECTED = {
 }
 
 
-def scripted_outputs(entropy: float) -> dict[str, torch.Tensor]:
+def scripted_outputs(entropy: float) -> StepOutput:
     """Every valid token has entropy ``entropy``; the padded token has a huge one that must be ignored."""
     out = hand_outputs()
-    out["entropy"] = torch.where(out["mask"], torch.full((2, 3), entropy), torch.full((2, 3), 1e6))
+    out.entropy = torch.where(out.mask, torch.full((2, 3), entropy), torch.full((2, 3), 1e6))
     return out
 
 
 class ScriptedModule(pl.LightningModule):
     """Manual optimisation, one nn.Linear; training_step returns outputs[i] for the i-th batch."""
 
-    def __init__(self, outputs: list[dict[str, torch.Tensor]]) -> None:
+    def __init__(self, outputs: list[StepOutput]) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.layer = torch.nn.Linear(1, 1)
@@ -114,7 +121,7 @@ class ScriptedModule(pl.LightningModule):
         opt.zero_grad()
         self.manual_backward(loss)
         opt.step()
-        out = dict(self.scripted[self.calls], loss=loss.detach())
+        out = given(replace(self.scripted[self.calls], loss=loss.detach()))
         self.calls += 1
         return out
 
@@ -192,8 +199,8 @@ def test_monitor_hand_computed_values_direct_hook(padded_advantage):
     monitor = EntropyMonitor()
     module = RecordingModule()
     outputs = hand_outputs()
-    outputs["advantages"][0, 2] = padded_advantage
-    monitor.on_train_batch_end(fake_trainer(), module, outputs, None, 0)
+    outputs.advantages[0, 2] = padded_advantage
+    monitor.on_train_batch_end(fake_trainer(), module, given(outputs), None, 0)
     assert module.logged.keys() == HAND_EXPECTED.keys()
     for name, expected in HAND_EXPECTED.items():
         assert module.logged[name] == pytest.approx(expected, abs=1e-6, nan_ok=True), name
@@ -230,7 +237,7 @@ def test_monitor_log_every_n_steps_and_prefix(tmp_path):
     computed = []
     for batches_done in range(6):  # direct hook: computes only on every third batch
         module = RecordingModule()
-        monitor.on_train_batch_end(fake_trainer(batches_done=batches_done), module, hand_outputs(), None, 0)
+        monitor.on_train_batch_end(fake_trainer(batches_done=batches_done), module, given(hand_outputs()), None, 0)
         computed.append(bool(module.logged))
     assert computed == [False, False, True, False, False, True]
 
@@ -238,19 +245,18 @@ def test_monitor_log_every_n_steps_and_prefix(tmp_path):
 def test_monitor_skips_when_trainer_will_not_write_or_nothing_is_valid():
     monitor = EntropyMonitor()
     module = RecordingModule()
-    monitor.on_train_batch_end(fake_trainer(should_update_logs=False), module, hand_outputs(), None, 0)
+    monitor.on_train_batch_end(fake_trainer(should_update_logs=False), module, given(hand_outputs()), None, 0)
     assert module.logged == {}
     empty = hand_outputs()
-    empty["mask"] = torch.zeros(2, 3, dtype=torch.bool)
-    monitor.on_train_batch_end(fake_trainer(), module, empty, None, 0)
+    empty.mask = torch.zeros(2, 3, dtype=torch.bool)
+    monitor.on_train_batch_end(fake_trainer(), module, given(empty), None, 0)
     assert module.logged == {}
 
 
-def test_monitor_missing_key_names_it():
-    out = hand_outputs()
-    del out["surprisal"]
-    with pytest.raises(KeyError, match="surprisal"):
-        EntropyMonitor().compute(out)
+def test_monitor_without_the_step_names_it():
+    out = {"entropy": hand_outputs().entropy}  # a training_step that returns a dict of its own
+    with pytest.raises(TypeError, match="StepOutput"):
+        EntropyMonitor().on_train_batch_end(fake_trainer(), RecordingModule(), out, None, 0)
 
 
 def test_quantiles_large_path_matches_torch_quantile():
@@ -333,7 +339,7 @@ def test_alert_patience_resets_and_smoothing_delays(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for step, h in enumerate(trace, start=1):
-            alert.on_train_batch_end(fake_trainer(global_step=step), module, scripted_outputs(h), None, 0)
+            alert.on_train_batch_end(fake_trainer(global_step=step), module, given(scripted_outputs(h)), None, 0)
             if module.logged["entropy_alert/fired"] == 1.0 and not fired_at:
                 fired_at.append(step)
     assert fired_at == [6]
@@ -349,12 +355,12 @@ def test_alert_min_entropy_only_and_empty_or_nan_batches_are_skipped(tmp_path):
     alert = EntropyCollapseAlert(min_entropy=0.3, max_relative_drop=None, patience=2, collapse_actions=["warn"])
     module = RecordingModule()
     empty = scripted_outputs(0.1)
-    empty["mask"] = torch.zeros(2, 3, dtype=torch.bool)
+    empty.mask = torch.zeros(2, 3, dtype=torch.bool)
     nan = scripted_outputs(float("nan"))
     sequence = [scripted_outputs(0.2), empty, nan, scripted_outputs(0.2)]  # skipped ones don't reset
     with pytest.warns(UserWarning, match="step 4"):
         for step, out in enumerate(sequence, start=1):
-            alert.on_train_batch_end(fake_trainer(global_step=step), module, out, None, 0)
+            alert.on_train_batch_end(fake_trainer(global_step=step), module, given(out), None, 0)
     assert alert.fired_step == 4
     assert alert.threshold() == 0.3
 
@@ -365,9 +371,9 @@ def test_alert_checkpoint_dirpath_direct_hook(tmp_path):
                                  collapse_actions=["warn", "checkpoint", "stop"])
     trainer = fake_trainer(global_step=7, tmp_path=tmp_path / "logs")
     module = RecordingModule()
-    alert.on_train_batch_end(trainer, module, scripted_outputs(1.0), None, 0)
+    alert.on_train_batch_end(trainer, module, given(scripted_outputs(1.0)), None, 0)
     with pytest.warns(UserWarning, match="collapsed at step 7"):
-        alert.on_train_batch_end(trainer, module, scripted_outputs(0.1), None, 0)
+        alert.on_train_batch_end(trainer, module, given(scripted_outputs(0.1)), None, 0)
     assert trainer.saved == [str(target / "entropy-collapse-step7.ckpt")] and trainer.should_stop
     assert module.logged == {"entropy_alert/entropy_smoothed": pytest.approx(0.1),
                              "entropy_alert/threshold": 0.5, "entropy_alert/fired": 1.0,

@@ -27,6 +27,7 @@ from jsonargparse import ArgumentParser
 from callbacks import AlertEvent, EntropyCollapseAlert
 from callbacks.forecast import EntropyForecaster, linear_fit
 from stare_lit.errors import ConfigError
+from stare_lit.train.step_log import StepOutput
 from tests.test_callbacks import ScriptedModule, fit, read_metrics
 
 THRESHOLD = 0.3
@@ -147,21 +148,21 @@ def test_forecaster_arithmetic():
 # through a real Trainer
 
 
-def trace_outputs(entropy: float, push: float) -> dict[str, torch.Tensor]:
+def trace_outputs(entropy: float, push: float) -> StepOutput:
     """Two completions of three tokens, all with token entropy ``entropy``; the predicted change has the
     sign of ``push``: down = confident tokens of the rewarded row (A>0, s<H) and surprising tokens of
     the penalised one (A<0, s>H); up = the opposite."""
     low, high = entropy / 2, 2 * entropy
     surprisal = [[low] * 3, [high] * 3] if push < 0 else [[high] * 3, [low] * 3]
-    return {
-        "loss": torch.tensor(0.0),
-        "entropy": torch.full((2, 3), entropy),
-        "surprisal": torch.tensor(surprisal),
-        "advantages": torch.tensor([[1.0] * 3, [-1.0] * 3]),
-        "weights": torch.ones(2, 3),
-        "mask": torch.ones(2, 3, dtype=torch.bool),
-        "rewards": torch.tensor([1.0, 0.0]),
-    }
+    return StepOutput(
+        loss=torch.tensor(0.0),
+        entropy=torch.full((2, 3), entropy),
+        surprisal=torch.tensor(surprisal),
+        advantages=torch.tensor([[1.0] * 3, [-1.0] * 3]),
+        weights=torch.ones(2, 3),
+        mask=torch.ones(2, 3, dtype=torch.bool),
+        rewards=torch.tensor([1.0, 0.0]),
+    )
 
 
 # 10 steps at 1.0, then -5 % per step: below 0.3 from step 34 on

@@ -3,8 +3,8 @@
 Every callback reads the step that ``training_step`` returns (``stare_lit.train.StepOutput``: its
 fields, their meaning and shapes) and reduces it over the valid tokens of *all* ranks with a single
 ``all_reduce`` of sums, so every rank gets the same numbers: a rank with long completions counts for
-more tokens than one with short ones, never as one mean among others. The per-token first-order entropy change comes from
-``stare_lit.ops.entropy_dynamics``.
+more tokens than one with short ones, never as one mean among others. The per-token first-order
+entropy change comes from ``stare_lit.ops.entropy_dynamics``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@
 Step metrics without stale values: Lightning writes, at every step, the last value of each key logged
 with ``on_step=True`` earlier in the epoch — also at the steps that did not log it. A key logged only
 some of the time (the loss on a skipped step, a forecast that exists only once enough steps are in)
-would show an old value as if it were new. :class:`StepKeys` remembers every key logged so far and gives the missing ones NaN.
+would show an old value as if it were new. :class:`StepKeys` remembers every key logged so far and gives
+the missing ones NaN.
 
 :func:`step_metrics` is what one training step logs (``train/``, ``time/``, ``reward/``, ``scheme/``).
 """

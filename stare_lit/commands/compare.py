@@ -4,9 +4,11 @@
     stare-lit compare --schemes '[configs/schemes/grpo.yaml, configs/schemes/stare_c2.yaml]' --seeds '[0]'
 
 Each run is ``stare-lit fit --config BASE --config SCHEME`` in its own process (a crash or a
-leak in one run cannot touch another) writing to OUT/<scheme>/seed<k>/; a finished run is not
-repeated, so an interrupted comparison picks up where it stopped. While they run, the console says
-every 15 s where each run is (step, entropy now, time left; ``compare_progress``). Then it writes
+leak in one run cannot touch another) writing to OUT/<scheme>/seed<k>/. A SIGTERM or Ctrl-C stops
+every run at the end of its step with a ``last.ckpt``, and compare exits 128 + the signal with the
+command that resumes: run again, it keeps the finished runs and resumes the others (``compare_runs``).
+While they run, the console says every 15 s where each run is (step, entropy now, time left;
+``compare_progress``). Then it writes
 OUT/summary.md (the table, headed in words), OUT/summary.csv and OUT/runs.csv (the same by column
 key), OUT/curves.png (entropy, reward and validation accuracy against step, one line per scheme,
 mean over seeds), OUT/pass_at_k.png and OUT/pass_at_k.csv (pass@k for every k at the last
@@ -15,11 +17,12 @@ validation, per scheme), and prints a short verdict: one line per scheme, then t
 
 from __future__ import annotations
 
+import json
 import math
 import os
-import subprocess
+import shlex
+import signal
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,52 +32,13 @@ from stare_lit.commands.cli import check_fit
 from stare_lit.commands.inputs import check_count, check_file, check_output_dir, check_seed
 from stare_lit.errors import check
 from stare_lit.commands.compare_progress import ProgressWatcher
+from stare_lit.commands.compare_runs import Runs, fit_arguments, run_name, run_one
 
 DEFAULT_SCHEMES = ["configs/schemes/grpo.yaml", "configs/schemes/stare.yaml", "configs/schemes/steer.yaml",
                    "configs/schemes/erpo.yaml"]
 
 
 PROGRESS_EVERY_S = 15.0  # how often the console says where each run is
-FLUSH_EVERY_STEPS = 10  # the runs' CSV logger writes metrics.csv this often, for the progress lines
-
-
-def fit_arguments(base: str, scheme: str, seed: int, max_steps: int, out: Path, extra: list[str]) -> list[str]:
-    """The ``stare-lit fit`` settings of one scheme × seed, writing to ``out``."""
-    return ["--config", base, "--config", scheme, "--seed_everything", str(seed), "--trainer.max_steps", str(max_steps),
-            "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
-            "--trainer.logger.init_args.version", "run", "--trainer.enable_progress_bar", "false",
-            "--trainer.logger.init_args.flush_logs_every_n_steps", str(FLUSH_EVERY_STEPS), *extra]
-
-
-def run_one(base: str, scheme: str, seed: int, max_steps: int, out: Path, extra: list[str], threads: int,
-            watch: ProgressWatcher | None = None) -> float:
-    """Train one scheme × seed unless already done; returns the wall time in seconds."""
-    done = out / "wall_time_s.txt"
-    name = run_name(scheme, seed)
-    if done.exists():
-        if watch is not None:
-            watch.done(name, float(done.read_text()), earlier=True)
-        return float(done.read_text())
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "stare_lit.commands.cli", "fit", *fit_arguments(base, scheme, seed, max_steps, out, extra)]
-    if watch is not None:
-        watch.start(name, out / "log.txt")
-    start = time.perf_counter()
-    with open(out / "log.txt", "w") as log:
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-    if code != 0:
-        raise RuntimeError(f"compare: {scheme} seed {seed} failed (exit {code}); see {out / 'log.txt'}")
-    wall = time.perf_counter() - start
-    done.write_text(f"{wall:.1f}")
-    if watch is not None:
-        watch.done(name, wall)
-    return wall
-
-
-def run_name(scheme: str, seed: int) -> str:
-    """A run as the console and the tables name it: the overlay's file name and the seed."""
-    return f"{Path(scheme).stem} seed {seed}"
 
 
 def steps_until_halved(entropy: pd.Series, window: int = 10) -> float:
@@ -382,10 +346,26 @@ def compare(
                             every=PROGRESS_EVERY_S)
     print(f"compare: {len(grid)} runs of {max_steps} steps, {jobs} at a time; each run's console goes to its log.txt",
           flush=True)
-    with watch, ThreadPoolExecutor(max_workers=jobs) as pool:  # threads only wait on the subprocesses
+    runs = Runs()
+    with runs.handling_signals(), watch, ThreadPoolExecutor(max_workers=jobs) as pool:  # threads wait on processes
         walls = list(pool.map(lambda job: run_one(base, job[0], job[1], max_steps, run_dir(*job), extra_args,
-                                                  threads, watch), grid))
+                                                  threads, runs, watch), grid))
+    if runs.signum is not None and None in walls:
+        name = signal.Signals(runs.signum).name
+        print(f"compare: stopped by {name}: {walls.count(None)} of {len(grid)} runs unfinished (each resumes from "
+              f"its last.ckpt, or starts again if it saved none); nothing summarised\n"
+              f"to resume: {resume_command(schemes, seeds, base, max_steps, out_dir, extra_args, jobs)}",
+              file=sys.stderr, flush=True)
+        sys.exit(128 + runs.signum)
     lines = write_summary(out, grid, walls, seeds, max_steps, base)
     print("\nVerdict (seed mean where several; entropy: first → last 10% of steps; the rest at the last validation):")
     print("\n".join(lines))
     return out
+
+
+def resume_command(schemes: list[str], seeds: list[int], base: str, max_steps: int, out_dir: str,
+                   extra_args: list[str], jobs: int) -> str:
+    """The command that runs the same comparison again, every setting spelt out (a shell line)."""
+    settings = {"schemes": json.dumps(schemes), "seeds": json.dumps(seeds), "base": base, "max_steps": max_steps,
+                "out_dir": out_dir, "extra_args": json.dumps(extra_args), "jobs": jobs}
+    return shlex.join(["stare-lit", "compare", *(x for key, value in settings.items() for x in (f"--{key}", str(value)))])

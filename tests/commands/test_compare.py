@@ -1,6 +1,7 @@
 """`stare-lit compare`'s per-run summary: the table's columns from a hand-made metrics.csv."""
 
 import math
+import os
 
 import pandas as pd
 import pytest
@@ -130,26 +131,67 @@ def test_summary_pass_at_k_plot_and_verdict_from_the_runs(tmp_path):
                          f"pass@k: {tmp_path / 'pass_at_k.png'}"]
 
 
-def test_progress_lines_say_step_entropy_and_time_left(tmp_path, monkeypatch):
+def write_steps(metrics, steps: int, at: float) -> None:
+    """A metrics.csv of steps 0 … steps − 1 (entropy 0.5, the last 10 at 0.2), written by the logger at time ``at``."""
+    pd.DataFrame({"step": range(steps), "train/entropy": [0.5] * (steps - 10) + [0.2] * 10,
+                  "train/reward": 0.25}).to_csv(metrics, index=False)
+    os.utime(metrics, (at, at))
+
+
+def test_read_progress_says_the_last_step_and_when_it_was_written(tmp_path):
     metrics = tmp_path / "metrics.csv"
     assert read_progress(metrics) is None  # not there yet
     metrics.write_text("step,train/entropy,train/reward\n")
     assert read_progress(metrics) is None  # header only
-    pd.DataFrame({"step": range(30), "train/entropy": [0.5] * 20 + [0.2] * 10, "train/reward": 0.25}).to_csv(
-        metrics, index=False)
-    assert read_progress(metrics) == (29, pytest.approx(0.2), pytest.approx(0.25))  # the last 10 steps
+    write_steps(metrics, 30, at=1000.0)
+    assert read_progress(metrics) == (29, pytest.approx(0.2), pytest.approx(0.25), 1000.0)  # the last 10 steps
+
+
+def test_progress_lines_time_left_from_the_steps_after_the_first_logged_one(tmp_path):
+    grpo, stopped = tmp_path / "grpo.csv", tmp_path / "stopped.csv"
+    write_steps(stopped, 40, at=500.0)  # a run stopped by an earlier compare after 40 steps, to resume
     said = []
-    watch = ProgressWatcher({"grpo seed 0": metrics, "stare seed 0": tmp_path / "none.csv", "x seed 1": metrics},
-                            max_steps=100, jobs=2, echo=lambda text, flush: said.append(text))
-    clock_now = [1000.0]
-    monkeypatch.setattr("stare_lit.commands.compare_progress.time.monotonic", lambda: clock_now[0])
+    watch = ProgressWatcher({"grpo seed 0": grpo, "stare seed 0": tmp_path / "none.csv", "x seed 1": stopped,
+                             "y seed 0": tmp_path / "y.csv"}, max_steps=100, jobs=2,
+                            echo=lambda text, flush: said.append(text))
+    watch.done("y seed 0", 50.0, earlier=True)  # finished by an earlier compare: done, not queued
     watch.start("grpo seed 0", tmp_path / "log.txt")
     watch.start("stare seed 0", tmp_path / "log2.txt")
-    clock_now[0] = 1060.0  # 30 steps in 60 s: 2 s per step, 70 steps left
+    # The first flush (10 steps, after the start-up): one point, no speed yet.
+    write_steps(grpo, 10, at=1000.0)
     lines = watch.report()
-    assert lines[0].split() == ["grpo", "seed", "0", "step", "30/100", "entropy", "0.200", "reward", "0.25", "~2:20", "left"]
+    assert lines[0].split() == ["grpo", "seed", "0", "step", "10/100", "entropy", "0.200", "reward", "0.25", "time",
+                                "left:", "estimating…"]
     assert lines[1].split() == ["stare", "seed", "0", "starting"]
-    # left: 70 + 100 (starting) + 100 (queued) steps at 2 s per step, 2 at a time
-    assert lines[2] == "2 running, 1 queued, 0 of 3 done; all done in ~4:30"
+    assert lines[2] == "2 running, 1 queued, 1 of 4 done; all done in: estimating…"
+    # 20 more steps in 40 s: 2 s per step (what the start-up took before step 10 does not count), 70 steps left
+    write_steps(grpo, 30, at=1040.0)
+    lines = watch.report()
+    assert lines[0].split()[-2:] == ["~2:20", "left"]
+    # left: 70 + 100 (starting) + 60 (the stopped run, queued) steps at 2 s per step, 2 at a time
+    assert lines[2] == "2 running, 1 queued, 1 of 4 done; all done in ~3:50"
+
+    watch.stopped("grpo seed 0", tmp_path / "last.ckpt")  # a signal: grpo saved and stopped, no longer running
+    assert said[-1].endswith(f"grpo seed 0: stopped; it resumes from {tmp_path / 'last.ckpt'}")
+    assert watch.report()[-1].startswith("1 running, 2 queued, 1 of 4 done")
+    watch.start("grpo seed 0", tmp_path / "log.txt", resume=tmp_path / "last.ckpt")  # resumed: points anew
+    assert said[-1].endswith(f"grpo seed 0: resumed from {tmp_path / 'last.ckpt'} ({tmp_path / 'log.txt'})")
+    assert watch.report()[1].startswith("grpo seed 0") and watch.report()[1].endswith("time left: estimating…")
     watch.done("grpo seed 0", 200.0)
     assert said[-1].endswith("grpo seed 0: done in 3:20") and clock(3725) == "1:02:05"
+
+
+def test_the_resume_command_gives_back_every_setting():
+    import shlex
+
+    from jsonargparse import ArgumentParser
+
+    from stare_lit.commands.compare import compare, resume_command
+
+    settings = dict(schemes=["configs/schemes/grpo.yaml", "my dir/stare.yaml"], seeds=[0, 3], base="configs/b.yaml",
+                    max_steps=40, out_dir="runs/x y", extra_args=['--trainer.callbacks+={"class_path": "a.B"}'], jobs=2)
+    words = shlex.split(resume_command(**settings))
+    assert words[:2] == ["stare-lit", "compare"]
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_function_arguments(compare)
+    assert vars(parser.parse_args(words[2:])) == settings

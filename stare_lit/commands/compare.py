@@ -90,11 +90,15 @@ def summarise_run(metrics_csv: Path, max_steps: int | None = None) -> tuple[dict
     }
     if val_cols:
         k = int(val_cols[0].split("@")[1])
-        final = val.iloc[-1]
-        row |= {"mean@k_final": final[val_cols[0]], "mean@k_best": val[val_cols[0]].max(),
-                "pass@1_final": final.get("val/pass@1", math.nan), "pass@k_final": final[f"val/pass@{k}"],
-                "distinct_correct_final": final.get("val/distinct_correct", math.nan), "val_k": k,
-                "val_step": float(final.name)}
+        pass_k = max(int(c.split("@")[1]) for c in val.columns if c.startswith("val/pass@"))
+        final, mean_at_k = val.iloc[-1], val[val_cols[0]].dropna()
+        row |= {"mean@k_final": final[val_cols[0]], "mean@k_best": mean_at_k.max(),
+                "mean@k_last3": mean_at_k.iloc[-3:].mean(),
+                "mean@k_peak_step": float(mean_at_k.idxmax() + 1),  # the validation after step s is logged at s − 1
+                "pass@1_final": final.get("val/pass@1", math.nan), "pass@k_final": final[f"val/pass@{pass_k}"],
+                "never_solved_final": final.get("val/never_solved", math.nan),
+                "distinct_correct_final": final.get("val/distinct_correct", math.nan), "val_k": k, "pass_k": pass_k,
+                "validations": len(mean_at_k), "val_step": float(final.name)}
     curves = pd.DataFrame({"entropy": entropy, "reward": train["train/reward"]})
     if fork is not None:
         curves["fork_entropy"] = fork
@@ -132,8 +136,9 @@ def final_pass_at_k(metrics_csv: Path, max_steps: int | None = None) -> pd.Serie
     return pd.Series({k: float(last[c]) for k, c in cols}, name="pass@k")
 
 
-def column_words(k: int) -> dict[str, str]:
-    """The summary table's headers, in words, for validation with k samples per prompt."""
+def column_words(k: int, pass_k: int) -> dict[str, str]:
+    """The summary table's headers, in words, for validation with k samples per prompt and pass@k logged up to
+    ``pass_k``."""
     return {
         "entropy_start": "entropy start", "entropy_middle": "entropy middle", "entropy_end": "entropy end",
         "steps_to_half_entropy": "steps to half the start entropy (per seed)", "fork_entropy_start": "fork entropy start",
@@ -142,21 +147,26 @@ def column_words(k: int) -> dict[str, str]:
         "reweighted_above_entropy_share": "reweighted tokens above their entropy",
         "reweight_entropy_change": "predicted ΔH of the reweighting", "reward_start": "train reward start",
         "reward_end": "train reward end", "completion_length": "completion tokens",
-        "mean@k_final": f"val mean@{k}", "mean@k_best": f"best val mean@{k}", "pass@1_final": "val pass@1",
-        "pass@k_final": f"val pass@{k}", "distinct_correct_final": "distinct correct per prompt",
+        "mean@k_final": f"val mean@{k}", "mean@k_best": f"best val mean@{k}",
+        "mean@k_last3": f"val mean@{k} over the last 3 validations",
+        "mean@k_peak_step": f"best val mean@{k} after step (per seed)", "pass@1_final": "val pass@1",
+        "pass@k_final": f"val pass@{pass_k}", "never_solved_final": "val prompts never solved",
+        "distinct_correct_final": "distinct correct per prompt",
         "wall_time_s": "wall time (s)",
     }
 
 
-PERCENT = ("fork_share_end", "reweighted_share", "reweighted_above_entropy_share")  # shown as percentages
+PERCENT = ("fork_share_end", "reweighted_share", "reweighted_above_entropy_share", "never_solved_final")  # shown as percentages
 SPREAD = ("entropy_end", "fork_entropy_end", "reweighted_above_entropy_share", "mean@k_final", "mean@k_best",
-          "pass@1_final", "pass@k_final", "distinct_correct_final")  # shown with ± std over seeds
+          "mean@k_last3", "pass@1_final", "pass@k_final", "never_solved_final", "distinct_correct_final")
+PER_SEED = ("steps_to_half_entropy", "mean@k_peak_step")  # shown seed by seed: a mean hides a seed that differs  # shown with ± std over seeds
 
 
 def format_table(runs: pd.DataFrame) -> pd.DataFrame:
     """The summary table as text, one row per scheme: means over seeds, ± std on the columns that decide,
     percentages for shares, the predicted ΔH in two significant digits, steps to half the entropy per seed."""
-    numeric = runs.drop(columns=["seed", "val_k", "val_step"], errors="ignore").groupby("scheme", sort=False)
+    numeric = runs.drop(columns=["seed", "val_k", "pass_k", "validations", "val_step"], errors="ignore").groupby(
+        "scheme", sort=False)
     mean, std = numeric.mean(), numeric.std()  # std is NaN for a scheme with one seed: no ± then
 
     def cell(col: str, m: float, sd: float) -> str:
@@ -174,10 +184,14 @@ def format_table(runs: pd.DataFrame) -> pd.DataFrame:
 
     table = pd.DataFrame({col: [cell(col, m, sd) for m, sd in zip(mean[col], std[col])] for col in mean.columns},
                          index=mean.index)
-    if "steps_to_half_entropy" in runs:  # per seed: a mean hides a seed that never halved
-        table["steps_to_half_entropy"] = [", ".join("never" if math.isnan(v) else f"{v:.0f}" for v in group)
-                                          for _, group in runs.groupby("scheme", sort=False)["steps_to_half_entropy"]]
+    for col in (c for c in PER_SEED if c in runs):  # "never": the entropy never halved
+        table[col] = [per_seed(group) for _, group in runs.groupby("scheme", sort=False)[col]]
     return table
+
+
+def per_seed(steps: pd.Series) -> str:
+    """Steps seed by seed, "never" for a NaN: 101, never, 87."""
+    return ", ".join("never" if math.isnan(v) else f"{v:.0f}" for v in steps)
 
 
 def verdict(runs: pd.DataFrame) -> list[str]:
@@ -188,8 +202,15 @@ def verdict(runs: pd.DataFrame) -> list[str]:
         line = f"{scheme}: entropy {m['entropy_start']:.3f} → {m['entropy_end']:.3f} nats"
         if "pass@k_final" in m:
             line += (f", {m['distinct_correct_final']:.2f} distinct correct solutions per prompt, "
-                     f"pass@1 {m['pass@1_final']:.3f}, pass@{int(m['val_k'])} {m['pass@k_final']:.3f}")
+                     f"pass@1 {m['pass@1_final']:.3f}, pass@{int(m['pass_k'])} {m['pass@k_final']:.3f}")
+            if not math.isnan(m.get("never_solved_final", math.nan)):
+                line += f", {100 * m['never_solved_final']:.1f}% of prompts never solved"
         lines.append(line + (f" (mean of {len(group)} seeds)" if len(group) > 1 else ""))
+        if "validations" in m and group["validations"].min() > 1:  # several validations: how they went
+            lines.append(f"  val mean@{int(m['val_k'])} {m['mean@k_last3']:.3f} over the last "
+                         f"{min(3, int(group['validations'].min()))} validations, "
+                         f"best after step {per_seed(group['mean@k_peak_step'])}"
+                         + (" (per seed)" if len(group) > 1 else ""))
     return lines
 
 
@@ -294,8 +315,9 @@ def write_summary(out: Path, jobs: list[tuple[str, int]], walls: list[float], se
     runs.to_csv(out / "runs.csv", index=False)
     runs.drop(columns=["seed"]).groupby("scheme", sort=False).mean().to_csv(out / "summary.csv")
     k = int(runs["val_k"].iloc[0]) if "val_k" in runs else 0
+    pass_k = int(runs["pass_k"].iloc[0]) if "pass_k" in runs else 0
     table = format_table(runs)
-    table = table.rename(columns=column_words(k))
+    table = table.rename(columns=column_words(k, pass_k))
     (out / "summary.md").write_text(
         f"{len(seeds)} seed(s) × {max_steps} steps, base {base}; mean over seeds (± std). Start, middle and end: means "
         f"over the first, middle and last 10% of the steps; validation: the last one ({k} samples per prompt)\n\n"

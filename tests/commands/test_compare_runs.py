@@ -115,7 +115,7 @@ def test_sigterm_stops_every_run_with_a_checkpoint_and_the_same_compare_resumes_
     schemes = [overlay(tmp_path, "a", 3), overlay(tmp_path, "a2", 4)]
     extra = ["--model.policy.name_or_path", tiny_model_dir, "--trainer.val_check_interval", "2",
              "--model.rewards", '[{"class_path": "tests.helpers.DigitShare"}]', "--model.group_size", "4",
-             "--model.sampling.max_new_tokens", "8", "--model.val_samples", "2", "--model.optimizer.init_args.lr",
+             "--model.sampling.max_new_tokens", "8", "--model.validation.samples", "2", "--model.optimizer.init_args.lr",
              "3e-3", "--data.init_args.batch_size", "4", "--data.init_args.num_train_prompts", "12",
              "--data.init_args.num_val_prompts", "4", "--data.init_args.val_batch_size", "4"]
     command = [sys.executable, "-m", "stare_lit.commands.cli", "compare", "--schemes", json.dumps(schemes),

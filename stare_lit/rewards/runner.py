@@ -8,10 +8,18 @@ Design choices:
   stops training with a ``RewardError`` naming the reward, the first bad completion and its prompt,
   rather than training on a silently wrong signal. ``model.scoring.on_error: none`` instead scores
   such completions as ``None`` and counts them.
-- ``model.scoring.timeout`` runs the rewards in a worker process (stare_lit.rewards.worker), one
-  completion at a time, so a verifier that hangs (math-verify can, on pathological input, in C where
-  no thread can stop it) is killed and that completion scored ``model.scoring.timeout_score``; the
-  worker is restarted.
+- ``model.scoring.timeout`` runs the rewards in worker processes (stare_lit.rewards.worker), each
+  scoring one completion at a time, so a verifier that hangs (math-verify can, on pathological input,
+  in C where no thread can stop it) is killed and that completion scored ``model.scoring.timeout_score``;
+  the worker is replaced.
+- Scoring runs at the speed of the cores: ``model.scoring.workers`` completions at once (``null``: the
+  cores this rank may use, ``os.sched_getaffinity`` divided among the ranks on its node). With a
+  timeout, that many worker processes share the batch; in-process, a reward that declares
+  ``Reward.concurrent`` (its time goes to a subprocess, e.g. CodeTestReward's sandbox) is scored on
+  that many threads, one completion per call, while the others (pure Python, holding the GIL: threads
+  would gain nothing) get one call on the whole batch on the calling thread. Every completion is scored
+  alone, so the results, their order, the errors counted and the warnings are the same for any pool
+  size. Under DDP/FSDP each rank scores its own completions (its rollout) with its own pool.
 
 ``RewardRunner`` does all of this for the LightningModule; ``score_completions`` is its one-call
 form::
@@ -21,14 +29,18 @@ form::
         on_error: fail      # or none
         timeout: 10         # seconds per completion; null runs the rewards in-process
         timeout_score: 0.0  # what a timed-out completion scores; null leaves it unscored
+        workers: null       # completions scored at once: null = this rank's cores, 1 = one at a time
 """
 
 import math
 import numbers
+import os
 import pickle
+import time
 import traceback
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
@@ -37,7 +49,7 @@ import torch
 
 from stare_lit.errors import ConfigError, check, qualified, short
 from stare_lit.rewards.base import ErrorScore, Reward, RewardError
-from stare_lit.rewards.worker import Outcome, Worker
+from stare_lit.rewards.worker import Outcome, Worker, answered
 
 
 class RewardWarning(UserWarning):
@@ -46,7 +58,7 @@ class RewardWarning(UserWarning):
 
 @dataclass
 class Scoring:
-    """How rewards are run: what a reward error does, and a time limit per completion.
+    """How rewards are run: what a reward error does, a time limit per completion, and how many at once.
 
     Args:
         on_error: What a reward that raises on a completion, returns a value that is not a finite
@@ -54,16 +66,24 @@ class Scoring:
             training with a ``RewardError`` naming the completion and its prompt (fail fast);
             ``none`` scores the affected completions as ``None`` (unscorable), counts them and warns.
         timeout: Seconds a reward may take per completion, or ``None`` for no limit. When set, the
-            rewards run in a worker process, one completion at a time, so that one that hangs (even
-            inside C code) can be killed: it scores ``timeout_score`` and the worker restarts
-            (seconds: it imports torch again). ``None`` runs them in-process, on the whole batch.
+            rewards run in worker processes, each scoring one completion at a time, so that one that
+            hangs (even inside C code) can be killed: it scores ``timeout_score`` and its worker is
+            replaced (seconds: it imports torch again) at the next batch, or at once if no other is
+            left. ``None`` runs them in-process.
         timeout_score: What a timed-out completion scores: 0.0 treats it as a wrong answer (as
             verl and open-r1 do for math-verify time-outs); ``None`` leaves it unscored.
+        workers: Completions scored at once, on this rank: worker processes when ``timeout`` is
+            set; otherwise threads, for the rewards that declare ``Reward.concurrent`` (the others
+            get one call on the whole batch). ``None`` is this rank's share of the cores: the CPUs it
+            may run on (``os.sched_getaffinity``) divided by the ranks on its node (``LOCAL_WORLD_SIZE``,
+            else ``WORLD_SIZE``). 1 scores one completion at a time. A number above the cores is
+            taken as given: for a reward that waits on a remote service.
     """
 
     on_error: Literal["fail", "none"] = "fail"
     timeout: Optional[float] = None
     timeout_score: Optional[float] = 0.0
+    workers: Optional[int] = None
 
     def __post_init__(self) -> None:
         check(
@@ -80,6 +100,12 @@ class Scoring:
             self.timeout_score is None or (_is_number(self.timeout_score) and math.isfinite(self.timeout_score)),
             f"model.scoring.timeout_score={self.timeout_score!r}; use a finite number (0.0 scores a time-out"
             " as a wrong answer), or null to leave timed-out completions unscored.",
+        )
+        check(
+            self.workers is None or (isinstance(self.workers, int) and not isinstance(self.workers, bool)
+                                     and self.workers >= 1),
+            f"model.scoring.workers={self.workers!r}; use a whole number >= 1 of completions to score at once"
+            " (1: one at a time), or null for one per core this rank may use.",
         )
 
 
@@ -106,13 +132,14 @@ class ScoredBatch:
 class RewardRunner:
     """Runs the rewards on each batch and combines them into one reward per completion.
 
-    A class, not a function, because with ``scoring.timeout`` set it owns a worker process that
-    is started once (on first use) and reused: starting one takes seconds. Close it (or use it as
-    a context manager) when done; a runner that is garbage-collected or left at exit stops its
-    worker too.
+    A class, not a function, because with ``scoring.timeout`` set it owns worker processes that
+    are started once (on first use, all at once) and reused: starting one takes seconds. Close it
+    (or use it as a context manager) when done; a runner that is garbage-collected or left at exit
+    stops its workers too.
 
-    Rewards in the worker are copies, pickled once when it starts: state they keep (e.g. a cache
-    of parsed gold answers) lives on in the worker across calls, until a time-out restarts it.
+    Rewards in a worker are copies, pickled once when it starts: state they keep (e.g. a cache
+    of parsed gold answers) lives on in that worker across calls, until a time-out replaces it;
+    with several workers each has its own copy.
 
     Args:
         rewards: The rewards to run.
@@ -137,7 +164,7 @@ class RewardRunner:
         self.names: list[str] = []  # unique, so metrics don't overwrite each other
         for reward in self.rewards:
             self.names.append(_unique(reward.name, dict.fromkeys(self.names)))
-        self._worker: Optional[Worker] = None
+        self._workers: list[Worker] = []
 
     def __call__(
         self, prompts: list[str], completions: list[str], columns: dict[str, list], group_size: int = 1
@@ -168,11 +195,18 @@ class RewardRunner:
             per_reward[name] = torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float32)
         return ScoredBatch(_combine(per_reward, self.weights), per_reward, errors, timeouts)
 
+    @property
+    def pool(self) -> int:
+        """Completions this rank scores at once (``scoring.workers``; ``None``: its share of the cores)."""
+        if self.scoring.workers is not None:
+            return self.scoring.workers
+        return pool_size(len(os.sched_getaffinity(0)), _ranks_on_this_node())
+
     def close(self) -> None:
-        """Stop the worker process, if one is running; a later call starts a new one."""
-        if self._worker is not None:
-            self._worker.close()
-            self._worker = None
+        """Stop the worker processes, if any run; a later call starts new ones."""
+        for worker in self._workers:
+            worker.close()
+        self._workers = []
 
     def __enter__(self) -> "RewardRunner":
         return self
@@ -181,8 +215,8 @@ class RewardRunner:
         self.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        # A process handle does not pickle (ddp_spawn, deepcopy): the copy starts its own worker.
-        return {**self.__dict__, "_worker": None}
+        # A process handle does not pickle (ddp_spawn, deepcopy): the copy starts its own workers.
+        return {**self.__dict__, "_workers": []}
 
     # ------------------------------------------------------------------ one reward
     def _score(self, index: int, name: str, reward: Reward, batch: "_Batch") -> tuple[list, int, int]:
@@ -255,7 +289,13 @@ class RewardRunner:
 
     # ------------------------------------------------------------------ in-process
     def _in_process(self, name: str, reward: Reward, batch: "_Batch") -> Iterator[tuple[int, Outcome]]:
-        """One call on the whole batch (fast); if it raises, one call per completion to find which fail."""
+        """One call on the whole batch (fast); if it raises, one call per completion to find which fail.
+
+        A ``concurrent`` reward is called on each completion alone instead, on ``pool`` threads.
+        """
+        if reward.concurrent:
+            yield from self._on_threads(reward, batch)
+            return
         try:
             returned = reward(batch.prompts, batch.completions, **batch.columns)
         except ConfigError:
@@ -293,46 +333,88 @@ class RewardRunner:
         warnings.warn(f"{message}; its one-at-a-time scores are used (model.scoring.on_error: none)",
                       RewardWarning, stacklevel=5)
 
-    # ------------------------------------------------------------------ worker process
-    def _in_worker(self, index: int, batch: "_Batch") -> Iterator[tuple[int, Outcome]]:
-        """Outcomes streamed from the worker, one completion at a time, each within ``scoring.timeout``.
+    def _on_threads(self, reward: Reward, batch: "_Batch") -> Iterator[tuple[int, Outcome]]:
+        """Each completion scored alone, up to ``pool`` at once on threads; the outcomes in order.
 
-        A completion that times out (or kills the worker) costs the worker: it is stopped, and a
-        new one scores the rest of the batch. If the caller stops early (an error), the worker is
-        stopped too, so that no results of this batch are left to be read as the next one's.
+        A failure under ``fail`` stops the generator: completions not yet started are cancelled, and
+        those running are waited for (each is bounded by the reward's own limit, e.g. the sandbox's).
         """
+        size = min(self.pool, len(batch))
+        if size <= 1:
+            for i in range(len(batch)):
+                yield i, _score_one(reward, *batch.row(i))
+            return
+        with ThreadPoolExecutor(size, thread_name_prefix="stare-lit-scoring") as threads:
+            futures = [threads.submit(_score_one, reward, *batch.row(i)) for i in range(len(batch))]
+            try:
+                for i, future in enumerate(futures):
+                    yield i, future.result()
+            finally:
+                for future in futures:
+                    future.cancel()
+
+    # ------------------------------------------------------------------ worker processes
+    def _in_worker(self, index: int, batch: "_Batch") -> Iterator[tuple[int, Outcome]]:
+        """Outcomes from ``pool`` workers, in order; each completion scored alone within ``scoring.timeout``.
+
+        An idle worker gets the next completion; the time-out runs from when it was sent. A completion
+        that times out (or kills its worker) costs that worker: it is stopped, and the others score the
+        rest of the batch (a new one starts if none is left). If the caller stops early (an error), the
+        busy workers are stopped too, so that no results of this batch are left to be read as the next one's.
+        """
+        self._start_workers(min(self.pool, len(batch)))
+        waiting = list(range(len(batch)))[::-1]  # a stack: pop() hands out the lowest
+        busy: dict[Worker, tuple[int, float]] = {}  # worker -> (its completion, deadline)
+        done: dict[int, Outcome] = {}
         finished = False
         try:
-            start = 0
-            while start < len(batch):
-                start = yield from self._stream(index, batch, start)
+            for i in range(len(batch)):
+                while i not in done:
+                    for worker in [w for w in self._workers if w not in busy][: len(waiting)]:
+                        j = waiting.pop()
+                        worker.send(("score", index, *batch.row(j)))
+                        busy[worker] = (j, time.monotonic() + self.scoring.timeout)
+                    if not busy:  # every worker was lost, and completions are left
+                        self._start_workers(1)
+                        continue
+                    self._gather(busy, done)
+                yield i, done.pop(i)
             finished = True
         finally:
             if not finished:
-                self._stop_worker()
+                for worker in busy:
+                    worker.kill()
+                self._workers = [w for w in self._workers if w.alive]
 
-    def _stream(self, index: int, batch: "_Batch", start: int) -> Iterator[tuple[int, Outcome]]:
-        """Outcomes of completions ``start``... until the batch ends or the worker is lost; returns where to resume."""
-        worker = self._ensure_worker()
-        worker.send(("score", index, *batch.tail(start)))
-        for i in range(start, len(batch)):
-            outcome = worker.receive(self.scoring.timeout)
-            if not worker.alive:  # timed out, or the reward killed it
-                self._worker = None
-                yield i, outcome
-                return i + 1
-            yield i, outcome
-        return len(batch)
+    def _gather(self, busy: dict[Worker, tuple[int, float]], done: dict[int, Outcome]) -> None:
+        """Wait for an answer until the first deadline; move what came, and what timed out, from ``busy`` to ``done``."""
+        first = min(deadline for _, deadline in busy.values())
+        for worker in answered(list(busy), max(0.0, first - time.monotonic())):
+            j, _ = busy.pop(worker)
+            done[j] = worker.receive(0.0)  # an answer, or its death (the worker is then stopped)
+        now = time.monotonic()
+        for worker, (j, deadline) in list(busy.items()):
+            if deadline <= now:
+                worker.kill()
+                del busy[worker]
+                done[j] = ("timeout", None)
+        self._workers = [w for w in self._workers if w.alive]
 
-    def _ensure_worker(self) -> Worker:
-        if self._worker is None or not self._worker.alive:
-            self._worker = Worker(self._pickled_rewards(), _score_one)
-        return self._worker
-
-    def _stop_worker(self) -> None:
-        if self._worker is not None:
-            self._worker.kill()
-            self._worker = None
+    def _start_workers(self, count: int) -> None:
+        """Have ``count`` live workers: start the missing ones all at once, then wait for each."""
+        self._workers = [w for w in self._workers if w.alive]
+        if len(self._workers) >= count:
+            return
+        rewards = self._pickled_rewards()
+        new = [Worker(rewards, _score_one) for _ in range(count - len(self._workers))]
+        try:
+            for worker in new:
+                worker.wait_until_ready()
+        except BaseException:
+            for worker in new:
+                worker.kill()
+            raise
+        self._workers += new
 
     def _pickled_rewards(self) -> bytes:
         """The rewards, pickled for the worker; a reward that cannot be pickled is a setting to change."""
@@ -347,6 +429,24 @@ class RewardRunner:
                     " to run rewards in-process."
                 ) from None
         return pickle.dumps(self.rewards)
+
+
+def pool_size(cores: int, ranks_on_node: int) -> int:
+    """Completions a rank scores at once by default: its share of the cores it may use, at least 1.
+
+    Example: 16 cores shared by 4 ranks on a node give each a pool of 4; 2 cores and 4 ranks give 1.
+    """
+    return max(1, cores // max(1, ranks_on_node))
+
+
+def _ranks_on_this_node() -> int:
+    """``LOCAL_WORLD_SIZE`` (torchrun), else ``WORLD_SIZE`` (Lightning's launcher sets it; on several nodes it
+    over-counts, so the pool is smaller than it could be: set ``model.scoring.workers``), else 1."""
+    for key in ("LOCAL_WORLD_SIZE", "WORLD_SIZE"):
+        value = os.environ.get(key, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
 
 
 def score_completions(

@@ -1,9 +1,10 @@
 """The reward worker: a spawned process that holds the rewards and scores completions one at a time, so that
 one that hangs (even inside C code, where no thread can stop it) can be killed (``model.scoring.timeout``).
 
-stare_lit.rewards.runner decides what each outcome means (``on_error``, ``timeout_score``) and when to
-start a new worker; this file only keeps the process: start it, send it work, read what it scored, wait
-for an answer no longer than the time-out, and stop it (on a time-out, when it is garbage-collected, at exit).
+stare_lit.rewards.runner decides what each outcome means (``on_error``, ``timeout_score``), how many workers
+score a batch at once (``model.scoring.workers``) and when to start new ones; this file only keeps a process:
+start it, send it work, read what it scored, wait for an answer no longer than the time-out, and stop it (on a
+time-out, when it is garbage-collected, at exit).
 """
 
 import atexit
@@ -12,7 +13,7 @@ import os
 import pickle
 import signal
 import weakref
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Optional
 
 from stare_lit.errors import ConfigError, short
@@ -31,7 +32,8 @@ class Worker:
 
     Spawned, never forked: the parent holds torch's threads and maybe CUDA, which a fork would
     copy in an unusable state. Not daemonic, so a reward may start processes of its own; the
-    exit hook below stops it instead.
+    exit hook below stops it instead. The constructor only starts it, so that several start at
+    once; ``wait_until_ready`` before the first ``send``.
 
     Args:
         rewards: The rewards, pickled.
@@ -57,7 +59,6 @@ class Worker:
         self._stop = weakref.finalize(self, _stop_process, self._process, self._conn, os.getpid())
         _WORKERS.add(self)
         _register_exit_hook()
-        self._wait_until_ready()
 
     @property
     def alive(self) -> bool:
@@ -98,7 +99,7 @@ class Worker:
     def kill(self) -> None:
         self._stop()
 
-    def _wait_until_ready(self) -> None:
+    def wait_until_ready(self) -> None:
         """Wait for the worker to load the rewards; its start-up does not count against the time-out."""
         problem = None
         if not self._conn.poll(_STARTUP_TIMEOUT_S):
@@ -123,6 +124,12 @@ class Worker:
             self.kill()
             raise RewardError(f"the reward worker process (model.scoring.timeout is set) {problem}; set"
                               " model.scoring.timeout: null to run rewards in-process.")
+
+
+def answered(workers: list[Worker], timeout: float) -> list[Worker]:
+    """Those of ``workers`` that have an answer waiting (or died) within ``timeout`` seconds; ``[]`` if none."""
+    by_connection = {worker._conn: worker for worker in workers}
+    return [by_connection[connection] for connection in wait(list(by_connection), timeout)]
 
 
 _WORKERS: "weakref.WeakSet[Worker]" = weakref.WeakSet()

@@ -51,6 +51,7 @@ CASES = [
     ("greedy validation with k > 1", ["--model.validation.temperature", "0"], "model.validation.temperature"),
     ("max_nonfinite_steps 0", ["--model.update.max_nonfinite_steps", "0"], "model.update.max_nonfinite_steps"),
     ("negative reward timeout", ["--model.scoring.timeout", "-1"], "model.scoring.timeout"),
+    ("zero scoring workers", ["--model.scoring.workers", "0"], "model.scoring.workers"),
     ("batch_size 0", ["--data.init_args.batch_size", "0"], "batch_size"),
     # dataset files
     ("dataset file missing", [*DATA, "--data.init_args.path", "{folder}/missing.jsonl"], "does not exist"),

@@ -895,8 +895,9 @@ def test_killing_its_parent_fails_and_the_worker_lives_on():
     """) + CORRECT
     with RewardRunner([reward()], scoring=Scoring(timeout=60)) as runner:
         scored = runner(["p"] * 3, [killer, CORRECT, killer], {"tests": [TESTS] * 3})
-        worker = runner._worker
-        assert worker is not None and worker.alive  # never restarted: nothing killed it
+        workers = runner._workers
+        # none lost (a lost one leaves the list until the next batch): nothing killed a worker
+        assert len(workers) == min(runner.pool, 3) and all(worker.alive for worker in workers)
     assert scored.per_reward["code_test_reward"].tolist() == [0.0, 1.0, 0.0]
     assert scored.timeouts == {"code_test_reward": 0} and scored.errors == {"code_test_reward": 0}
 

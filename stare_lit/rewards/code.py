@@ -58,6 +58,7 @@ class CodeTestReward(Reward):
         self.sandbox = sandbox if sandbox is not None else Sandbox()
 
     def __call__(self, prompts: list[str], completions: list[str], **columns: list) -> list[Optional[float]]:
+        columns = {"prompt": prompts, **columns}  # the prompt as the data module formatted it (HumanEval's code)
         for column in self.tests.columns:
             check(column in columns,
                   f"CodeTestReward init_args.tests ({type(self.tests).__name__}) reads the column '{column}', which"

@@ -96,4 +96,4 @@ def test_a_nonsense_setting_is_one_config_error_naming_the_key():
 def test_a_missing_column_is_one_config_error():
     reward = CodeTestReward(tests=HumanEvalTests())
     with pytest.raises(ConfigError, match="reads the column 'entry_point', which is not a dataset column"):
-        reward(["p"], ["x"], prompt=["p"], test=["t"])
+        reward(["p"], ["x"], test=["t"])

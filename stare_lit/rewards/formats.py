@@ -248,8 +248,6 @@ class CallTests(CodeTests):
         fn_name_column: The column naming the function when the tests do not.
     """
 
-    optional = ("fn_name",)
-
     def __init__(self, column: str = "tests", fn_name_column: str = "fn_name") -> None:
         _check_column(self, "column", column)
         _check_column(self, "fn_name_column", fn_name_column)
@@ -324,9 +322,9 @@ class HumanEvalTests(CodeTests):
     point crosses as plain data both ways; a result that is not plain data fails that call.
 
     Args:
-        prompt_column: The column holding the prompt as the dataset ships it (Python source). With
-            PromptDataModule the ``prompt`` column holds the formatted prompt: keep
-            ``prompt_template: "{prompt}"``, or copy the dataset's prompt to another column.
+        prompt_column: The column holding the prompt as the dataset ships it (Python source);
+            ``prompt`` is the prompt the reward is given, which the data module formats: keep
+            ``prompt_template: "{prompt}"`` (the default), or name a column holding a copy.
         test_column: The column holding the test source (defines ``check``).
         entry_point_column: The column naming the function under test.
     """

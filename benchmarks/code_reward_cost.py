@@ -28,7 +28,7 @@ import time
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from common import header, load, median, spread, table, write_result  # noqa: E402
 
-from stare_lit.rewards.code import CodeTestReward  # noqa: E402
+from stare_lit.rewards import CodeTestReward, StdioTests  # noqa: E402
 from stare_lit.sandbox import probe  # noqa: E402
 from stare_lit.data.tasks.code import TASKS  # noqa: E402
 
@@ -45,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = [json.loads(line) for line in TASKS.read_text().splitlines()]
     asserts = CodeTestReward(extract="whole")
-    stdio = CodeTestReward(extract="whole", test_format="stdio")
+    stdio = CodeTestReward(extract="whole", tests=StdioTests())
     stdio_program = "import sys\nsys.stdin.readline()\nprint('ok')\n"
     variants = {
         "bare python": lambda row: bare(row),

@@ -38,6 +38,7 @@ bench overhead "$py" benchmarks/overhead.py
 bench update_skip "$py" benchmarks/update_skip.py --model artifacts/arith-warmstart
 bench code_reward_cost "$py" benchmarks/code_reward_cost.py
 bench scoring_pool "$py" benchmarks/scoring_pool.py
+bench code_format_cost "$py" benchmarks/code_format_cost.py
 bench memory_chunk_vocab "$py" benchmarks/memory.py --vocab 151936 --modes fwd+bwd --variants naive head@1024 head@55 \
   --repeats 2 --iters 1 --name memory_chunk_vocab
 echo "total: $(( $(date +%s) - start )) s"

@@ -62,7 +62,8 @@ from stare_lit.data.rows import usable, usable_rows
 SETTING = "data.init_args"
 
 #: File extension → the ``datasets`` packaged builder that reads it.
-BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv",
+            ".jsonl.gz": "json", ".json.gz": "json"}  # gzipped JSON lines: HumanEval ships that way
 
 _FORMAT_HINTS = {
     "json": "UTF-8 JSON: one object per line (.jsonl) or a list of objects (.json)",
@@ -325,7 +326,8 @@ class PromptDataModule(L.LightningDataModule):
     def _local_files(self) -> tuple[str, list[str]] | None:
         """``(builder, files)`` for a single local file, ``None`` for a directory or a Hub name."""
         p = Path(self.path).expanduser()
-        looks_local = p.suffix.lower() in BUILDERS or self.path.startswith(("/", "./", "../", "~"))
+        suffix = "".join(p.suffixes[-2:]).lower() if p.suffix.lower() == ".gz" else p.suffix.lower()
+        looks_local = suffix in BUILDERS or self.path.startswith(("/", "./", "../", "~"))
         if not p.exists():
             check(not looks_local, f"{_key('path')}: file '{self.path}' does not exist; fix the path, "
                   "or give a Hugging Face dataset name like 'openai/gsm8k'")
@@ -335,10 +337,10 @@ class PromptDataModule(L.LightningDataModule):
                 if f.is_file() and BUILDERS.get(f.suffix.lower()) in ("json", "csv"):
                     _check_text_file(f)
             return None
-        builder = BUILDERS.get(p.suffix.lower())
+        builder = BUILDERS.get(suffix)
         check(builder is not None, f"{_key('path')}: '{self.path}' is not a {'/'.join(BUILDERS)} file; "
               "convert it, or point the path at a directory of such files")
-        if builder != "parquet":
+        if builder != "parquet" and not suffix.endswith(".gz"):  # gzip: datasets checks what it decompresses
             _check_text_file(p)
         return builder, [str(p)]
 

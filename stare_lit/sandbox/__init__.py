@@ -2,7 +2,8 @@
 
 sandbox (``Sandbox``: limits and isolation; a ``Session`` asks the running program for values), child
 (the confined side, run by path as ``python -I -S child.py``), wire (the plain data between them),
-judge (``compile_test``: splits a test's ``assert`` and decides it here).
+judge (``compile_test``: splits a test's ``assert`` and decides it here), trusted and checker (a dataset's own
+test code, run in a process of its own, each call of the program crossing as plain data).
 
 The standard library only (of stare_lit, ``errors``), so a process can run programs and judge their
 tests without torch or math-verify; stare_lit.rewards.CodeTestReward is the reward built on it.

@@ -53,6 +53,18 @@ CASES = [
     ("negative reward timeout", ["--model.scoring.timeout", "-1"], "model.scoring.timeout"),
     ("zero scoring workers", ["--model.scoring.workers", "0"], "model.scoring.workers"),
     ("batch_size 0", ["--data.init_args.batch_size", "0"], "batch_size"),
+    ("stdio tolerance below 0", ["--model.rewards", '[{"class_path": "stare_lit.rewards.CodeTestReward", "init_args":'
+     ' {"tests": {"class_path": "stare_lit.rewards.StdioTests", "init_args": {"tolerance": -1}}}}]'],
+     "CodeTestReward init_args.tests (StdioTests) init_args.tolerance=-1"),
+    ("HumanEval entry point column empty", ["--model.rewards", '[{"class_path": "stare_lit.rewards.CodeTestReward",'
+     ' "init_args": {"tests": {"class_path": "stare_lit.rewards.HumanEvalTests", "init_args":'
+     ' {"entry_point_column": ""}}}}]'], "(HumanEvalTests) init_args.entry_point_column"),
+    ("call tests column empty", ["--model.rewards", '[{"class_path": "stare_lit.rewards.CodeTestReward", "init_args":'
+     ' {"tests": {"class_path": "stare_lit.rewards.CallTests", "init_args": {"column": ""}}}}]'],
+     "(CallTests) init_args.column"),
+    ("MBPP test column empty", ["--model.rewards", '[{"class_path": "stare_lit.rewards.CodeTestReward", "init_args":'
+     ' {"tests": {"class_path": "stare_lit.rewards.MBPPTests", "init_args": {"test_column": " "}}}}]'],
+     "(MBPPTests) init_args.test_column"),
     # dataset files
     ("dataset file missing", [*DATA, "--data.init_args.path", "{folder}/missing.jsonl"], "does not exist"),
     ("dataset file empty", [*DATA, "--data.init_args.path", "{folder}/empty.jsonl"], "is empty"),

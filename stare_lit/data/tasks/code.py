@@ -1,10 +1,14 @@
-"""The built-in code task: 36 small Python functions with assert tests, written for this project.
+"""The built-in code task (36 small Python functions with assert tests, written for this project), and CodeTasks,
+which reads any code dataset in the layouts of stare_lit.rewards.formats.
 
 The rows (``data/code_tasks.jsonl``, shipped in the package) have a ``prompt``, a ``tests`` list
 of assert statements for stare_lit.rewards.CodeTestReward, and a reference ``solution`` (which
 the rewards never see; tests check that each one passes its tests). ``code_tokenizer`` is a
 character-level tokenizer over printable ASCII for a model built from a config, saved in
-``data/code_tokenizer`` too, so that configs/code_grpo.yaml trains offline.
+``data/code_tokenizer`` too, so that configs/code_grpo.yaml trains offline. Beside them, small hand-written
+sets in the MBPP, stdin/stdout and function-call layouts (``data/{mbpp,stdio,call}_sample.jsonl``): each row
+has its reference program (``code`` or ``solution``), a ``wrong`` one, and ``refused`` — empty, or the reason
+the reward refuses the row (tests/rewards/test_code_formats.py).
 """
 
 from __future__ import annotations
@@ -34,17 +38,33 @@ def code_tokenizer():
 
 
 class CodeTasks(PromptDataModule):
-    """The built-in code tasks (or your own file of the same shape) as prompts with a ``tests`` column.
+    """Code problems as prompts, every other column (the tests) passed to the reward as it ships.
+
+    The built-in tasks by default; or any code dataset, local (``.jsonl``, ``.jsonl.gz``, ``.parquet``)
+    or by Hub name, in the layout its test format reads — the format is named once, in the reward
+    (``CodeTestReward init_args.tests``, stare_lit.rewards.formats)::
+
+        data: {class_path: stare_lit.data.CodeTasks, init_args: {path: openai_humaneval, split: test}}
+        data: {class_path: stare_lit.data.CodeTasks, init_args: {path: mbpp, name: full, prompt_column: text}}
 
     Args:
-        path: A ``.jsonl`` with ``prompt`` and ``tests`` columns; ``None`` is the built-in file.
+        path: A file or Hub name; ``None`` is the built-in file (``prompt``, ``tests``, ``solution``).
+        name: The Hub dataset's subset (``full`` or ``sanitized`` for mbpp); null for files.
+        split: The split to train on (HumanEval has only ``test``).
+        val_split: A split to validate on; null holds out ``val_size`` of ``split``.
         val_size: Rows held out for validation (a count or a fraction).
+        prompt_column: The column holding the problem text (HumanEval's ``prompt``, MBPP's ``text``).
+        prompt_template: A format string over the row's columns. HumanEvalTests runs the prompt the
+            reward is given followed by the completion, so keep ``{prompt}`` for HumanEval.
         batch_size: Prompts per training step.
         val_batch_size: Prompts per validation batch.
         seed: Seeds the hold-out split and the order.
     """
 
-    def __init__(self, path: str | None = None, val_size: float | int = 4, batch_size: int = 4,
-                 val_batch_size: int = 4, seed: int = 0) -> None:
-        super().__init__(path=str(TASKS) if path is None else path, answer_column=None, val_size=val_size,
-                         batch_size=batch_size, val_batch_size=val_batch_size, seed=seed)
+    def __init__(self, path: str | None = None, name: str | None = None, split: str = "train",
+                 val_split: str | None = None, val_size: float | int = 4, prompt_column: str = "prompt",
+                 prompt_template: str = "{prompt}", batch_size: int = 4, val_batch_size: int = 4, seed: int = 0) -> None:
+        super().__init__(path=str(TASKS) if path is None else path, name=name, split=split, val_split=val_split,
+                         val_size=val_size, prompt_column=prompt_column, answer_column=None,
+                         prompt_template=prompt_template, batch_size=batch_size, val_batch_size=val_batch_size,
+                         seed=seed)

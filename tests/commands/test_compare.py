@@ -40,7 +40,8 @@ def test_summary_has_fork_entropy_pass_at_1_pass_at_n_and_distinct(tmp_path):
     assert row["entropy_end"] == pytest.approx(0.55) and curves.index.max() == 9  # the last tenth: step 9
 
 
-@pytest.mark.parametrize("name", ["main", "protocol", "protocol_baselines", "above_entropy", "above_entropy_long"])
+@pytest.mark.parametrize("name", ["main", "protocol", "protocol_baselines", "above_entropy", "above_entropy_long",
+                                  "countdown"])
 def test_compare_configs_parse_and_name_existing_files(name):
     """configs/compare/*.yaml are `stare-lit compare --config` files whose base and schemes exist."""
     from pathlib import Path

@@ -242,3 +242,47 @@ def test_warm_start_data_is_correct_and_held_out():
 def test_bad_settings(kwargs, setting):
     with pytest.raises(ConfigError, match=setting):
         CountdownDataModule(**kwargs)
+
+
+# ------------------------------------------------------------------------------ a fit from its config
+
+@pytest.fixture(scope="module")
+def countdown_model_dir(tmp_path_factory) -> str:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from stare_lit.data.tasks.arithmetic import char_tokenizer
+    from stare_lit.data.tasks.countdown import SYMBOLS
+    from tests.conftest import tiny_config
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-countdown-policy")
+    tokenizer = char_tokenizer(SYMBOLS)
+    AutoModelForCausalLM.from_config(tiny_config(vocab_size=len(tokenizer))).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.slow
+def test_fits_two_steps_from_its_config_and_logs_the_mechanism(countdown_model_dir, tmp_path):
+    import lightning as L
+    import pandas as pd
+
+    from stare_lit.commands.cli import StareLitCLI
+    from stare_lit.module import GRPOModule
+    from tests.cli import ROOT
+
+    args = ["fit", "--config", str(ROOT / "configs" / "countdown_grpo.yaml"),
+            "--model.policy.name_or_path", countdown_model_dir, "--trainer.max_steps", "2",
+            "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+            "--trainer.enable_progress_bar", "false", "--trainer.val_check_interval", "2",
+            "--model.sampling.max_new_tokens", "8", "--model.group_size", "4", "--model.val_samples", "4",
+            "--data.init_args.batch_size", "4", "--data.init_args.num_val_prompts", "6",
+            "--data.init_args.num_train_prompts", "40"]
+    cli = StareLitCLI(GRPOModule, L.LightningDataModule, subclass_mode_data=True, args=args)
+    assert cli.trainer.global_step == 2
+    metrics = pd.read_csv(next(tmp_path.rglob("metrics.csv")))
+    # a random tiny policy writes no valid chain in 8 tokens: every group is all wrong, no prompt is solved
+    assert metrics["train/all_wrong_groups"].dropna().tolist() == [1.0, 1.0]
+    val = metrics.dropna(subset=["val/mean@4"]).iloc[-1]
+    assert val["val/never_solved"] == 1.0 and val["val/pass@4"] == 0.0

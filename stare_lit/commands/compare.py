@@ -124,18 +124,25 @@ def summarise_run(metrics_csv: Path, max_steps: int | None = None) -> tuple[dict
         "reward_end": train["train/reward"].iloc[-third:].mean(),
         "completion_length": train["train/completion_length"].mean(),
     }
+    all_wrong = train.get("train/all_wrong_groups")  # prompts whose G samples are all wrong: no gradient
+    if all_wrong is not None:
+        row["all_wrong_start"], _, row["all_wrong_end"] = window_means(all_wrong)
     if val_cols:
         k = int(val_cols[0].split("@")[1])
         final = val.iloc[-1]
         row |= {"mean@k_final": final[val_cols[0]], "mean@k_best": val[val_cols[0]].max(),
                 "pass@1_final": final.get("val/pass@1", math.nan), "pass@k_final": final[f"val/pass@{k}"],
-                "distinct_correct_final": final.get("val/distinct_correct", math.nan), "val_k": k,
+                "distinct_correct_final": final.get("val/distinct_correct", math.nan),
+                "never_solved_final": final.get("val/never_solved", math.nan), "val_k": k,
                 "val_step": float(final.name)}
     curves = pd.DataFrame({"entropy": entropy, "reward": train["train/reward"]})
     if fork is not None:
         curves["fork_entropy"] = fork
+    if all_wrong is not None:
+        curves["all_wrong_groups"] = all_wrong
     if val_cols:
-        keep = {val_cols[0]: "val_mean@k", "val/distinct_correct": "val_distinct_correct"}
+        keep = {val_cols[0]: "val_mean@k", "val/distinct_correct": "val_distinct_correct",
+                "val/never_solved": "val_never_solved"}
         curves = curves.join(val[[c for c in keep if c in val]].rename(columns=keep), how="outer")
     return row, curves
 
@@ -180,13 +187,16 @@ def column_words(k: int) -> dict[str, str]:
         "reward_end": "train reward end", "completion_length": "completion tokens",
         "mean@k_final": f"val mean@{k}", "mean@k_best": f"best val mean@{k}", "pass@1_final": "val pass@1",
         "pass@k_final": f"val pass@{k}", "distinct_correct_final": "distinct correct per prompt",
+        "all_wrong_start": "train groups all wrong start", "all_wrong_end": "train groups all wrong end",
+        "never_solved_final": f"val prompts never solved in {k}",
         "wall_time_s": "wall time (s)",
     }
 
 
-PERCENT = ("fork_share_end", "reweighted_share", "reweighted_above_entropy_share")  # shown as percentages
+PERCENT = ("fork_share_end", "reweighted_share", "reweighted_above_entropy_share", "all_wrong_start", "all_wrong_end",
+           "never_solved_final")  # shown as percentages
 SPREAD = ("entropy_end", "fork_entropy_end", "reweighted_above_entropy_share", "mean@k_final", "mean@k_best",
-          "pass@1_final", "pass@k_final", "distinct_correct_final")  # shown with ± std over seeds
+          "pass@1_final", "pass@k_final", "distinct_correct_final", "never_solved_final")  # ± std over seeds
 
 
 def format_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -246,7 +256,9 @@ def plot(curves: dict[str, pd.DataFrame], path: Path) -> None:
     panels = [("entropy", 10, "token entropy (10-step mean)"),
               ("fork_entropy", 10, "entropy at forking positions (10-step mean)"),
               ("reward", 10, "train reward (10-step mean)"), ("val_mean@k", 1, "validation mean@k (accuracy)"),
-              ("val_distinct_correct", 1, "validation: distinct correct per prompt")]
+              ("val_distinct_correct", 1, "validation: distinct correct per prompt"),
+              ("all_wrong_groups", 10, "train groups all wrong (10-step mean)"),
+              ("val_never_solved", 1, "validation: prompts never solved in k")]
     panels = [p for p in panels if any(p[0] in c for c in curves.values())]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     for name, c in curves.items():

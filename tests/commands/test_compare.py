@@ -154,3 +154,16 @@ def test_progress_lines_say_step_entropy_and_time_left(tmp_path, monkeypatch):
     assert lines[2] == "2 running, 1 queued, 0 of 3 done; all done in ~4:30"
     watch.done("grpo seed 0", 200.0)
     assert said[-1].endswith("grpo seed 0: done in 3:20") and clock(3725) == "1:02:05"
+
+
+def test_summary_has_the_all_wrong_and_never_solved_shares(tmp_path):
+    steps = range(20)  # all wrong groups 0.5 in the first tenth (steps 0, 1), 0.25 in the last (18, 19)
+    train = pd.DataFrame({"step": steps, "train/entropy": 0.3, "train/reward": 0.5, "train/completion_length": 26.0,
+                          "train/all_wrong_groups": [0.5] * 2 + [0.4] * 16 + [0.25] * 2})
+    val = pd.DataFrame({"step": [9, 19], "val/mean@4": [0.3, 0.5], "val/pass@1": [0.3, 0.5],
+                        "val/pass@4": [0.6, 0.75], "val/never_solved": [0.4, 0.25]})
+    path = tmp_path / "metrics.csv"
+    pd.concat([train, val]).to_csv(path, index=False)
+    row, curves = summarise_run(path)
+    assert (row["all_wrong_start"], row["all_wrong_end"], row["never_solved_final"]) == (0.5, 0.25, 0.25)
+    assert curves["all_wrong_groups"].iloc[0] == 0.5 and curves["val_never_solved"].dropna().tolist() == [0.4, 0.25]

@@ -110,7 +110,7 @@ CASES = [
     ("validate", "trainer.devices 0", [*VALIDATE, "--trainer.devices", "0"]),
     ("validate", "trainer.limit_val_batches -1", [*VALIDATE, "--trainer.limit_val_batches", "-1"]),
     ("validate", "LoRA target module that does not exist", [*VALIDATE, *LORA]),
-    ("validate", "model.val_samples 0", [*VALIDATE, "--model.val_samples", "0"]),
+    ("validate", "model.validation.samples 0", [*VALIDATE, "--model.validation.samples", "0"]),
     # ---- evaluate
     ("evaluate", "run_config missing", [*EVAL, "--run_config", "{ws}/no_such.yaml"]),
     ("evaluate", "run_config a directory", [*EVAL, "--run_config", "{ws}/emptydir"]),

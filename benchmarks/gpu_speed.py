@@ -94,6 +94,7 @@ def update_speed(tokenizer_dir: str) -> list[str]:
     import lightning as L
     from lightning.pytorch.callbacks import Callback
 
+    from stare_lit.experience import ValidationSettings
     from stare_lit.module import GRPOModule
     from stare_lit.train.policy import Policy
     from stare_lit.rollout.base import Sampling
@@ -125,7 +126,8 @@ def update_speed(tokenizer_dir: str) -> list[str]:
 
     policy = Policy(config=config(), tokenizer=tokenizer_dir, dtype=DTYPE)
     module = Measured(policy=policy, rewards=[ArithmeticReward()], group_size=G,
-                      sampling=Sampling(max_new_tokens=NEW_TOKENS), peak_flops=PEAK_FLOPS, val_samples=1,
+                      sampling=Sampling(max_new_tokens=NEW_TOKENS), peak_flops=PEAK_FLOPS,
+                      validation=ValidationSettings(samples=1),
                       optimizer=lambda params: torch.optim.AdamW(params, lr=1e-6))
     record = Record()
     with tempfile.TemporaryDirectory() as root:

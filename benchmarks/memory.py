@@ -167,7 +167,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rows", default="8x256", help="B x T of the batch (default 8x256: 2048 token positions)")
     p.add_argument("--vocab", type=int, nargs="+", default=[32000, 151936], help="vocabulary sizes")
-    p.add_argument("--chunk", type=int, default=1024, help="rows per chunk (GRPOModule.logprob_chunk_size default)")
+    p.add_argument("--chunk", type=int, default=1024, help="rows per chunk (model.update.logprob_chunk_size default)")
     p.add_argument("--repeats", type=int, default=2, help="fresh processes per (variant, vocab, mode)")
     p.add_argument("--iters", type=int, default=2, help="timed passes per process (after one warm-up)")
     p.add_argument("--variants", nargs="+", default=["naive", "chunked", "head", "naive-head"],

@@ -107,10 +107,11 @@ def run_scheme(path: str, a, model_dir: str, rows: list[dict], cached: dict) -> 
     import lightning as L
     from torch.utils.data import DataLoader
 
-    import stare_lit.module as module_file
+    import stare_lit.train.update as update_file
     from stare_lit.data.datamodule import collate_prompts
     from stare_lit.module import GRPOModule, LossSettings
     from stare_lit.train.policy import Policy
+    from stare_lit.train.step_log import StepOutput
     from stare_lit.rollout.base import Sampling
 
     clock = StepClock()
@@ -118,21 +119,21 @@ def run_scheme(path: str, a, model_dir: str, rows: list[dict], cached: dict) -> 
                         scheme=build_scheme(path), group_size=a.group_size,
                         sampling=Sampling(temperature=1.0, max_new_tokens=a.max_new_tokens),
                         loss=LossSettings(), optimizer=partial(torch.optim.AdamW, lr=a.lr, weight_decay=0.0))
-    real_rollout = module.rollout
+    real_sample = module.experience.sample
 
-    def rollout_then_cached(prompts, group_size, greedy=False, seed=None):
-        real_rollout(prompts, group_size, greedy, seed=seed)  # the real cost of a step's generation ...
+    def sample_then_cached(model, prompts, group_size, seed=None, greedy=False, sampling=None):
+        real_sample(model, prompts, group_size, seed, greedy, sampling)  # the real cost of a step's generation ...
         return cached["rollout"]  # ... but every scheme trains on the same completions
 
-    clock.wrap(module, "rollout", "generate", rollout_then_cached)
-    clock.wrap(module, "score", "score")
-    clock.wrap(module, "token_logprobs")
+    clock.wrap(module.experience, "sample", "generate", sample_then_cached)
+    clock.wrap(module.experience, "score", "score")
+    clock.wrap(module.updater, "token_logprobs")
     for method in SCHEME_METHODS:
         if hasattr(module.scheme, method):  # the interface may grow; time what exists
             clock.wrap(module.scheme, method, "weighting")
     clock.wrap(module, "manual_backward", "backward")
-    clock.wrap(module, "clip_and_step", "optimizer")
-    original_loss = module_file.policy_loss
+    clock.wrap(module.updater, "clip_and_step", "optimizer")
+    original_loss = update_file.policy_loss
 
     class Clock(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -143,7 +144,7 @@ def run_scheme(path: str, a, model_dir: str, rows: list[dict], cached: dict) -> 
             step = dict(clock.current)
             step["step"] = time.perf_counter() - self.t0
             step["other"] = step["step"] - sum(v for k, v in step.items() if k != "step")
-            step["tokens"] = int(outputs["mask"].sum())
+            step["tokens"] = int(StepOutput.of(outputs).mask.sum())
             clock.steps.append(step)
 
     L.seed_everything(a.seed, verbose=False)
@@ -152,10 +153,10 @@ def run_scheme(path: str, a, model_dir: str, rows: list[dict], cached: dict) -> 
                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[Clock()])
     loader = DataLoader(rows * (a.warmup + a.steps), batch_size=a.prompts, shuffle=False, collate_fn=collate_prompts)
     try:
-        clock.wrap(module_file, "policy_loss", "loss")
+        clock.wrap(update_file, "policy_loss", "loss")
         trainer.fit(module, train_dataloaders=loader)
     finally:
-        module_file.policy_loss = original_loss
+        update_file.policy_loss = original_loss
     return clock.steps[a.warmup:]
 
 
@@ -204,9 +205,9 @@ def main() -> None:
         sampler = GRPOModule(policy=Policy(name_or_path=model_dir), rewards=[graded_reward_class()()],
                              group_size=a.group_size, sampling=Sampling(max_new_tokens=a.max_new_tokens))
         sampler.configure_model()
-        cached = {"rollout": sampler.rollout([r["prompt"] for r in rows], a.group_size)}
-        rewards = sampler.score({"prompt": [r["prompt"] for r in rows], "answer": [r["answer"] for r in rows]},
-                                   cached["rollout"], a.group_size).total
+        cached = {"rollout": sampler.experience.sample(sampler.model, [r["prompt"] for r in rows], a.group_size)}
+        batch = {"prompt": [r["prompt"] for r in rows], "answer": [r["answer"] for r in rows]}
+        rewards = sampler.experience.score(batch, cached["rollout"], a.group_size).total
         tokens = int(cached["rollout"].completion_mask.sum())
         print(f"batch: {len(rewards)} completions, {tokens} tokens, reward mean {rewards.mean():.2f}, "
               f"std {rewards.std():.2f}", flush=True)

@@ -34,14 +34,14 @@ from benchmarks.common import fmt, header, load, median, table, write_result  # 
 CONFIGS = ["configs/partial_sums_stare.yaml", "configs/arithmetic_stare.yaml"]
 # Rows of the table, in order: (part, what it times).
 PARTS = [
-    ("rollout", "GRPOModule.sampled_rollout (FastRollout: prefill + decode + sampling)"),
-    ("scoring", "GRPOModule.score (the reward functions)"),
-    ("old/reference pass", "GRPOModule.old_pass + reference_pass (no grad)"),
-    ("update: forward", "GRPOModule.token_logprobs inside the update (with grad)"),
-    ("update: loss", "stare_lit.module.policy_loss"),
+    ("rollout", "Experience.sample (FastRollout: prefill + decode + sampling)"),
+    ("scoring", "Experience.score (the reward functions)"),
+    ("old/reference pass", "UpdateEngine.old_pass + reference_pass (no grad)"),
+    ("update: forward", "UpdateEngine.token_logprobs inside the update (with grad)"),
+    ("update: loss", "stare_lit.train.update.policy_loss"),
     ("update: backward", "GRPOModule.manual_backward"),
-    ("update: optimizer", "GRPOModule.clip_and_step (clip + AdamW)"),
-    ("update: rest", "the rest of GRPOModule.update/learn (row selection, bookkeeping)"),
+    ("update: optimizer", "UpdateEngine.clip_and_step (clip + AdamW)"),
+    ("update: rest", "the rest of UpdateEngine.update/learn (row selection, bookkeeping)"),
     ("scheme", "the scheme's update/prepare/advantages/mask/weights/extra_loss/metrics"),
     ("logging", "GRPOModule.log_step + the logger's log_metrics/save"),
     ("step: rest", "the rest of train_on (advantages, masks, outputs)"),
@@ -103,21 +103,21 @@ def instrument(clock: Clock, trainer, module) -> list[str]:
     """Wrap every timed part; returns the callbacks' row names."""
     import lightning as L
 
-    import stare_lit.module as module_code
+    import stare_lit.train.update as update_code
 
-    m = module
+    m, engine = module, module.updater
     clock.wrap(m, "train_on", "step: rest")
-    clock.wrap(m, "sampled_rollout", "rollout")
-    clock.wrap(m, "score", "scoring")
-    clock.wrap(m, "old_pass", "old/reference pass")
-    clock.wrap(m, "reference_pass", "old/reference pass")
-    clock.wrap(m, "learn", "update: rest")
+    clock.wrap(m.experience, "sample", "rollout")
+    clock.wrap(m.experience, "score", "scoring")
+    clock.wrap(engine, "old_pass", "old/reference pass")
+    clock.wrap(engine, "reference_pass", "old/reference pass")
+    clock.wrap(engine, "learn", "update: rest")
     clock.wrap(m, "manual_backward", "update: backward")
-    clock.wrap(m, "clip_and_step", "update: optimizer")
+    clock.wrap(engine, "clip_and_step", "update: optimizer")
     clock.wrap(m, "log_step", "logging")
     # token_logprobs: the update's forward, unless inside the old/reference pass (then theirs: the
     # clock's stack says which part is running).
-    inner_lp = m.token_logprobs
+    inner_lp = engine.token_logprobs
 
     def token_logprobs(*args, **kwargs):
         part = clock.stack[-1][0] if clock.stack and clock.stack[-1][0] == "old/reference pass" else "update: forward"
@@ -127,8 +127,8 @@ def instrument(clock: Clock, trainer, module) -> list[str]:
         finally:
             clock.leave()
 
-    m.token_logprobs = token_logprobs
-    clock.wrap(module_code, "policy_loss", "update: loss")
+    engine.token_logprobs = token_logprobs
+    clock.wrap(update_code, "policy_loss", "update: loss")
     for attr in ("update", "prepare", "advantages", "mask", "weights", "extra_loss", "metrics"):
         if hasattr(m.scheme, attr):
             clock.wrap(m.scheme, attr, "scheme")

@@ -37,9 +37,11 @@ def build(model_dir: str, skip: bool):
     from stare_lit.rollout.base import Sampling
     from stare_lit.data.tasks.arithmetic import ArithmeticReward
     from stare_lit.schemes.stare import STARE
+    from stare_lit.train.update import UpdateSettings
 
     module = GRPOModule(policy=Policy(name_or_path=model_dir), rewards=[ArithmeticReward()], group_size=8,
-                        scheme=STARE(target_entropy=100.0, top_ratio=0.1, w=1.1), skip_inert_rows=skip,
+                        scheme=STARE(target_entropy=100.0, top_ratio=0.1, w=1.1),
+                        update=UpdateSettings(skip_inert_rows=skip),
                         sampling=Sampling(max_new_tokens=40, temperature=1.0),
                         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0))
     module.configure_model()
@@ -69,8 +71,8 @@ def main() -> None:
     module = modules[True]
     rows = prompt_rows(16, seed=0)
     batch = {k: [r[k] for r in rows] for k in rows[0]}
-    rollout = module.rollout(batch["prompt"], 8, seed=1)
-    rewards = module.score(batch, rollout, 8).total.view(16, 8)  # (P, G)
+    rollout = module.experience.sample(module.model, batch["prompt"], 8, seed=1)
+    rewards = module.experience.score(batch, rollout, 8).total.view(16, 8)  # (P, G)
     sampled_flat = (rewards == rewards[:, :1]).all(-1).float().mean().item()
     if a.flat_share >= 0:
         n_flat = round(a.flat_share * 16)

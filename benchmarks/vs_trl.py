@@ -8,7 +8,7 @@ TRL is a benchmark-only extra (``pip install -e ".[bench]"``), never a runtime d
 Two parts:
 
 1. Loss equality. One batch of completions is sampled once; stare-lit scores it with
-   ``group_advantages`` + ``GRPOModule.token_logprobs`` + ``policy_loss``, TRL with its own
+   ``group_advantages`` + ``UpdateEngine.token_logprobs`` + ``policy_loss``, TRL with its own
    ``_generate_and_score_completions`` (generation replaced by the same completions) and
    ``_compute_loss``. Advantages, loss and every parameter's gradient are compared for each pair of
    matching settings (``LOSS_PAIRS``), off-policy (π_old = π_θ + noise) so that clipping is active.
@@ -58,7 +58,7 @@ LOSS_PAIRS = [
                                                     epsilon_high=0.28, delta=3.0),
      dict(scale="batch", agg="token-mean", clip_low=0.2, clip_high=0.28, dual_clip=3.0)),
 ]
-ADVANTAGE_EPS = 1e-4  # TRL hard-codes (std + 1e-4); stare-lit's advantage_eps defaults to 1e-6
+ADVANTAGE_EPS = 1e-4  # TRL hard-codes (std + 1e-4); stare-lit's advantages.eps defaults to 1e-6
 
 
 # ---------------------------------------------------------------- shared setup
@@ -105,12 +105,12 @@ class GenerateTimer:
 
 
 class RolloutTimer(GenerateTimer):
-    """Wraps ``module.rollout`` (stare-lit's engine: FastRollout by default, which never calls ``generate``):
+    """Wraps ``module.experience.sample`` (stare-lit's engine: FastRollout by default, which never calls ``generate``):
     time inside it and completion tokens out of it (EOS included, as ``completion_lengths`` counts)."""
 
     def __init__(self, module) -> None:  # noqa: D107 - no generate to wrap
         self.seconds, self.tokens = 0.0, 0
-        inner = module.rollout
+        inner = module.experience.sample
 
         def timed(*args, **kwargs):
             t0 = time.perf_counter()
@@ -119,7 +119,7 @@ class RolloutTimer(GenerateTimer):
             self.tokens += int(out.completion_mask.sum())
             return out
 
-        module.rollout = timed
+        module.experience.sample = timed
 
 
 def partial_sums_reward_fn(prompts, completions, **_):
@@ -169,7 +169,10 @@ def worker_stare(a) -> dict:
 
     from stare_lit.data.datamodule import collate_prompts
     from stare_lit.module import GRPOModule, LossSettings
+    from stare_lit.ops.advantages import AdvantageSettings
     from stare_lit.train.policy import Policy
+    from stare_lit.train.step_log import StepOutput
+    from stare_lit.train.update import UpdateSettings
     from stare_lit.rollout.base import Sampling
 
     class StepTimer(L.Callback):
@@ -188,7 +191,7 @@ def worker_stare(a) -> dict:
             step_s, cpu_s = time.perf_counter() - self.t0, time.process_time() - self.c0
             gen_s, tokens = self.gen.take()
             self.steps.append({"step_s": step_s, "cpu_s": cpu_s, "gen_s": gen_s, "tokens": tokens,
-                               "reward": float(outputs["rewards"].nanmean())})
+                               "reward": float(StepOutput.of(outputs).rewards.nanmean())})
 
     baton = Baton(a.ready_fd)
     L.seed_everything(a.seed, verbose=False)
@@ -197,8 +200,9 @@ def worker_stare(a) -> dict:
     module = GRPOModule(
         policy=Policy(name_or_path=a.model_dir), rewards=[task_reward(a.task)[0]], group_size=a.group_size,
         sampling=Sampling(temperature=1.0, max_new_tokens=a.max_new_tokens),
-        loss=LossSettings(clip_low=0.2, clip_high=0.28, agg="token-mean"), advantage_eps=ADVANTAGE_EPS,
-        grad_clip=1.0, optimizer=partial(torch.optim.AdamW, lr=a.lr, weight_decay=0.0))
+        loss=LossSettings(clip_low=0.2, clip_high=0.28, agg="token-mean"),
+        advantages=AdvantageSettings(eps=ADVANTAGE_EPS), update=UpdateSettings(grad_clip=1.0),
+        optimizer=partial(torch.optim.AdamW, lr=a.lr, weight_decay=0.0))
     timer = StepTimer()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=total, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -314,7 +318,7 @@ def compare_losses(model_dir: str, prompts: int = 4, group_size: int = 4, max_ne
                             sampling=sampling)
         module.model = copy.deepcopy(base).train()
         adv = group_advantages(rewards, group_size, ours["scale"], ADVANTAGE_EPS)  # (N,)
-        logprobs, _ = module.token_logprobs(module.model, rollout, slice(None))  # (N, T)
+        logprobs, _ = module.updater.token_logprobs(module.model, rollout, slice(None))  # (N, T)
         old = (logprobs.detach() - old_shift)
         loss_ours, stats = policy_loss(logprobs, old, adv[:, None].expand(N, T), mask, clip_low=ours["clip_low"],
                                    clip_high=ours["clip_high"], dual_clip=ours.get("dual_clip"), agg=ours["agg"],

@@ -1,18 +1,17 @@
 """Callbacks that watch the policy's token entropy: a monitor that logs and attributes it, an alert that
 forecasts its collapse.
 
-Both read the per-token statistics the LightningModule's ``training_step`` returns (Lightning hands
-them to ``on_train_batch_end`` as ``outputs``)::
+Both read the typed step the LightningModule's ``training_step`` returns (Lightning hands it to
+``on_train_batch_end`` inside ``outputs``; ``StepOutput.of(outputs)`` takes it out). Its fields, from
+``stare_lit.train.StepOutput``::
 
-    outputs = {
-        "loss": ...,        # 0-dim
-        "entropy": ...,     # (B, T) float32  H = -sum_v pi(v|.) log pi(v|.), the whole next-token distribution
-        "surprisal": ...,   # (B, T) float32  s = -log pi(o_t|.), the *sampled* token only
-        "advantages": ...,  # (B, T) float32  per-token advantage A
-        "weights": ...,     # (B, T) float32  token weights of the weighting scheme (1 = plain GRPO)
-        "mask": ...,        # (B, T) bool     True on completion tokens
-        "rewards": ...,     # (N,)   float32  NaN for an unscorable completion
-    }
+    loss        # ()     float32
+    entropy     # (B, T) float32  H = -sum_v pi(v|.) log pi(v|.), the whole next-token distribution
+    surprisal   # (B, T) float32  s = -log pi(o_t|.), the *sampled* token only
+    advantages  # (B, T) float32  per-token advantage A
+    weights     # (B, T) float32  token weights of the weighting scheme (1 = plain GRPO)
+    mask        # (B, T) bool     True on the loss's completion tokens
+    rewards     # (N,)   float32  NaN for an unscorable completion
 
 Entropy and surprisal are different numbers (E_{a~pi}[s_a] = H); every metric name says which one it
 is. Every statistic is token-weighted over the valid tokens of *all* ranks (``callbacks.stats``),
@@ -39,7 +38,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -49,10 +48,10 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from callbacks.forecast import EntropyForecaster, Forecast
-from callbacks.stats import QUADRANTS, batches_done, field, step_stats
+from callbacks.stats import QUADRANTS, batches_done, step_stats
 from stare_lit.ops.distributed import gather_valid
 from stare_lit.errors import check
-from stare_lit.train.step_log import StepKeys
+from stare_lit.train.step_log import StepKeys, StepOutput
 
 __all__ = ["AlertEvent", "EntropyCollapseAlert", "EntropyMonitor"]
 
@@ -207,21 +206,18 @@ class EntropyMonitor(pl.Callback):
     def state_key(self) -> str:
         return self._generate_state_key(prefix=self.prefix)
 
-    def compute(self, outputs: Mapping[str, Tensor], batch: int | None = None) -> dict[str, float]:
-        """The metrics (names without prefix) from one step's outputs; empty if no rank has a valid token.
+    def compute(self, step: StepOutput, batch: int | None = None) -> dict[str, float]:
+        """The metrics (names without prefix) from one step; empty if no rank has a valid token.
 
         ``batch`` is the index of the training batch (``entropy_change_realised`` needs it; None leaves
         that metric and the monitor's state alone). Collective under torch.distributed: every rank must
         call it on the same steps.
         """
-        who = type(self).__name__
-        stats = step_stats(outputs, who, self.position_buckets, self.forking_entropy)
+        stats = step_stats(step, self.position_buckets, self.forking_entropy)
         if not stats:
             return {}
         metrics = {"entropy_mean": stats["entropy_mean"]}
-        entropy = field(outputs, "entropy", who)
-        valid = field(outputs, "mask", who).bool()
-        all_entropy = gather_valid(entropy, valid)  # (n_world,)
+        all_entropy = gather_valid(step.entropy, step.mask.bool())  # (n_world,)
         for q, value in zip(self.quantiles, quantiles(all_entropy, self.quantiles).tolist()):
             metrics[f"entropy_{quantile_name(q)}"] = value
         metrics |= {k: v for k, v in stats.items() if k not in ("token_count", "entropy_mean")}
@@ -236,23 +232,23 @@ class EntropyMonitor(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        step = StepOutput.of(outputs, type(self).__name__)
         done = batches_done(trainer)
         if self.histogram_every_n_steps and (done + 1) % self.histogram_every_n_steps == 0 and trainer.loggers:
-            self._histograms(trainer, outputs, done)
+            self._histograms(trainer, step, done)
         # Both conditions are identical on every rank, so the collectives in compute() stay matched.
         if (done + 1) % self.log_every_n_steps != 0:
             return
         if not trainer._logger_connector.should_update_logs:
             return
-        for name, value in self._keys.fill(self.compute(outputs, batch=done)).items():  # NaN, not stale, if none
+        for name, value in self._keys.fill(self.compute(step, batch=done)).items():  # NaN, not stale, if none
             pl_module.log(self.prefix + name, value, on_step=True, on_epoch=False, sync_dist=False)
 
-    def _histograms(self, trainer: pl.Trainer, outputs: Any, step: int) -> None:
-        who = type(self).__name__
-        valid = field(outputs, "mask", who).bool()
+    def _histograms(self, trainer: pl.Trainer, out: StepOutput, step: int) -> None:
+        valid = out.mask.bool()
         values = {
-            "token_entropy": gather_valid(field(outputs, "entropy", who), valid),  # (n_world,) collective
-            "token_surprisal": gather_valid(field(outputs, "surprisal", who), valid),
+            "token_entropy": gather_valid(out.entropy, valid),  # (n_world,) collective
+            "token_surprisal": gather_valid(out.surprisal, valid),
         }
         if not trainer.is_global_zero or values["token_entropy"].numel() == 0:
             return
@@ -516,7 +512,7 @@ class EntropyCollapseAlert(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        stats = step_stats(outputs, type(self).__name__)  # world totals, identical on every rank
+        stats = step_stats(StepOutput.of(outputs, type(self).__name__))  # world totals, identical on every rank
         values = {"fired": float(self._fired_step is not None)}
         if stats and math.isfinite(stats["entropy_mean"]):
             step = trainer.global_step

@@ -5,7 +5,8 @@ draws, every ``every_n_steps`` optimizer steps and at the end of fit, a 2 x 2 fi
 
 1. token-mean entropy and mean reward against step, with the collapse threshold, the steps at which
    an ``EntropyCollapseAlert`` fired (forecast, collapse), the scheme's target entropy and the steps
-   its gate was open (when the scheme has ``target_entropy`` / ``gate_on``, e.g. STARE);
+   its gate was open (when the scheme has a ``target_entropy`` and reports a ``gate`` in its
+   ``progress()``, e.g. STARE, alone or in a Compose);
 2. the predicted first-order entropy change per quadrant (A>0/A<0 x s>H/s<=H), stacked: raising
    quadrants above zero, lowering ones below, the net prediction and what the scheme's token weights
    add on top; beneath it, which tokens the scheme reweighted: the share of them above their own
@@ -36,6 +37,7 @@ import lightning.pytorch as pl
 from callbacks.entropy import EntropyCollapseAlert
 from callbacks.stats import QUADRANTS, position_bucket_name, step_stats
 from stare_lit.errors import check
+from stare_lit.train.step_log import StepOutput
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -129,9 +131,11 @@ class EntropyReport(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        stats = step_stats(outputs, type(self).__name__, self.position_buckets, rewards=True)  # collective
+        step = StepOutput.of(outputs, type(self).__name__)
+        stats = step_stats(step, self.position_buckets, rewards=True)  # collective
         if stats:
-            gate = getattr(getattr(pl_module, "scheme", None), "gate_on", None)
+            scheme = getattr(pl_module, "scheme", None)
+            gate = scheme.progress().get("gate") if scheme is not None else None
             stats |= {"step": float(trainer.global_step), "gate_on": math.nan if gate is None else float(gate)}
             n = len(self.history.get("step", []))
             for key in self._keys():  # a key missing so far (settings changed on resume) starts as NaN

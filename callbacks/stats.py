@@ -1,17 +1,15 @@
 """World-level, token-weighted statistics of one training step, shared by the entropy callbacks.
 
-Every callback reads the dict that ``training_step`` returns (see callbacks/entropy.py for its keys)
-and reduces it over the valid tokens of *all* ranks with a single ``all_reduce`` of sums, so every
-rank gets the same numbers: a rank with long completions counts for more tokens than one with short
-ones, never as one mean among others. The per-token first-order entropy change comes from
-``stare_lit.ops.entropy_dynamics``.
+Every callback reads the step that ``training_step`` returns (``stare_lit.train.StepOutput``: its
+fields, their meaning and shapes) and reduces it over the valid tokens of *all* ranks with a single
+``all_reduce`` of sums, so every rank gets the same numbers: a rank with long completions counts for
+more tokens than one with short ones, never as one mean among others. The per-token first-order
+entropy change comes from ``stare_lit.ops.entropy_dynamics``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -19,18 +17,9 @@ from torch import Tensor
 
 from stare_lit.ops.distributed import all_reduce_sum
 from stare_lit.ops.entropy_dynamics import QUADRANTS, predicted_entropy_change, quadrant_masks
+from stare_lit.train.step_log import StepOutput
 
-__all__ = ["QUADRANTS", "batches_done", "field", "position_bucket_name", "relative_position_buckets", "step_stats"]
-
-
-def field(outputs: Any, key: str, who: str) -> Tensor:
-    """``outputs[key]`` with an error that says what the training_step must return."""
-    if not isinstance(outputs, Mapping) or key not in outputs:
-        raise KeyError(
-            f"{who} needs training_step to return a dict with {key!r} (see callbacks/entropy.py); "
-            f"got {type(outputs).__name__} with keys {sorted(outputs) if isinstance(outputs, Mapping) else None}"
-        )
-    return outputs[key]
+__all__ = ["QUADRANTS", "batches_done", "position_bucket_name", "relative_position_buckets", "step_stats"]
 
 
 def sum_dtype(device: torch.device) -> torch.dtype:
@@ -72,8 +61,7 @@ def relative_position_buckets(mask: Tensor, buckets: int) -> Tensor:
 
 
 def step_stats(
-    outputs: Mapping[str, Tensor],
-    who: str,
+    step: StepOutput,
     position_buckets: int = 0,
     forking_entropy: float | None = None,
     rewards: bool = False,
@@ -113,17 +101,16 @@ def step_stats(
     - ``token_count``: number of valid tokens over all ranks.
 
     Args:
-        outputs: what ``training_step`` returned (entropy, surprisal, advantages, weights, mask, rewards).
-        who: the caller's name, for the error when a key is missing.
+        step: what ``training_step`` returned (``StepOutput.of(outputs)`` in ``on_train_batch_end``).
         position_buckets: number of relative-position buckets K (0: none).
         forking_entropy: entropy (nats) above which a token counts as forking (None: not computed).
         rewards: also reduce the mean reward.
     """
-    entropy = field(outputs, "entropy", who).detach()  # (B, T)
-    surprisal = field(outputs, "surprisal", who).detach()  # (B, T)
-    adv = field(outputs, "advantages", who).detach()  # (B, T)
-    weights = field(outputs, "weights", who).detach()  # (B, T)
-    valid = field(outputs, "mask", who).bool()  # (B, T)
+    entropy = step.entropy.detach()  # (B, T)
+    surprisal = step.surprisal.detach()  # (B, T)
+    adv = step.advantages.detach()  # (B, T)
+    weights = step.weights.detach()  # (B, T)
+    valid = step.mask.bool()  # (B, T)
     dtype = sum_dtype(entropy.device)
 
     def total(x: Tensor) -> Tensor:
@@ -149,7 +136,7 @@ def step_stats(
             in_k = bucket == k  # (B, T)
             parts += [total(torch.where(in_k, entropy, zero)), total(in_k)]
     if rewards:
-        r = field(outputs, "rewards", who).detach().to(entropy.device)  # (N,)
+        r = step.rewards.detach().to(entropy.device)  # (N,)
         finite = torch.isfinite(r)
         parts += [total(torch.where(finite, r, 0.0)), total(finite)]
     sums = all_reduce_sum(torch.stack(parts)).tolist()  # world totals, identical on every rank

@@ -15,7 +15,7 @@ class ConfigError(StareLitError, ValueError):
 
 
 class NonFiniteError(StareLitError, RuntimeError):
-    """Training met NaN/±inf for ``model.max_nonfinite_steps`` steps in a row; the last good state was saved."""
+    """Training met NaN/±inf for ``model.update.max_nonfinite_steps`` steps in a row; the last good state was saved."""
 
 
 def check(condition: bool, message: str) -> None:

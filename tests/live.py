@@ -14,9 +14,11 @@ import torch
 from torch import Tensor
 
 from stare_lit.data.tasks.arithmetic import ArithmeticReward
+from stare_lit.experience import ValidationSettings
 from stare_lit.ops.advantages import equal_groups
 from stare_lit.rollout.base import Sampling
 from stare_lit.module import GRPOModule
+from stare_lit.train.step_log import StepOutput
 from tests.helpers import MixedReward
 
 G = 4
@@ -50,14 +52,14 @@ def live_module(policy, **kwargs) -> GRPOModule:
 def make_module(policy, **kwargs) -> GRPOModule:
     """A GRPOModule on the arithmetic task's reward with AdamW, as the end-to-end tests fit it."""
     defaults = dict(policy=policy, rewards=[ArithmeticReward()], group_size=4,
-                    sampling=Sampling(max_new_tokens=10), val_samples=2,
+                    sampling=Sampling(max_new_tokens=10), validation=ValidationSettings(samples=2),
                     optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3))
     return GRPOModule(**(defaults | kwargs))
 
 
 @dataclass
 class Step:
-    outputs: dict  # what training_step returns (rewards, advantages, weights, mask, loss, ...)
+    outputs: StepOutput  # what training_step returns (rewards, advantages, weights, mask, loss, ...)
     stats: dict  # what the last step logged of its first update (loss, grad_norm, kl, rows_skipped, ...)
     history: list[dict]  # the same per step
     grads: list[dict[str, Tensor]]  # per optimizer step, before clipping
@@ -75,13 +77,13 @@ def step_once(module: GRPOModule, prompts: list[str] = PROMPTS, steps: int = 1) 
     module.optimizers = lambda: optimizer
     module.lr_schedulers = lambda: None
     module.manual_backward = lambda loss: loss.backward()
-    module._rollout_seed = SEED
+    module.experience.seed = SEED
     grads, params, extra, history = [], [], [], []
-    clip_and_step = module.clip_and_step
+    clip_and_step = module.updater.clip_and_step
 
-    def recorded_step(opt):
+    def recorded_step(model, opt):
         grads.append({n: p.grad.clone() for n, p in module.model.named_parameters() if p.grad is not None})
-        norm = clip_and_step(opt)
+        norm = clip_and_step(model, opt)
         params.append({n: p.detach().clone() for n, p in module.model.named_parameters()})
         return norm
 
@@ -92,7 +94,7 @@ def step_once(module: GRPOModule, prompts: list[str] = PROMPTS, steps: int = 1) 
         extra.append(None if e is None else e.detach().clone())
         return e
 
-    module.clip_and_step = recorded_step
+    module.updater.clip_and_step = recorded_step
     module.scheme.extra_loss = recorded_extra
     module.log_step = lambda generated, kept, scored, flat, tokens, step_stats, times: history.append(step_stats)
     outputs = None

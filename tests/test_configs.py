@@ -28,7 +28,8 @@ def test_config_parses_and_instantiates(config, tiny_model_dir, tmp_path):
     source = (["--model.policy.tokenizer", str(Path(__file__).parents[1] / policy["tokenizer"])] if "config" in policy
               else ["--model.policy.name_or_path", tiny_model_dir, "--model.policy.tokenizer", tiny_model_dir])
     # The tiny stand-in tokenizer has no chat template, which a config's chat_template: true is refused for.
-    cpu += ["--model.chat_template", "false"] if yaml.safe_load(config.read_text()).get("model", {}).get("chat_template") else []
+    prompt_format = yaml.safe_load(config.read_text()).get("model", {}).get("prompt_format") or {}
+    cpu += ["--model.prompt_format.chat_template", "false"] if prompt_format.get("chat_template") else []
     cli = StareLitCLI(GRPOModule, L.LightningDataModule, subclass_mode_data=True, run=False,
                       args=["--config", str(config), *source, "--trainer.default_root_dir", str(tmp_path), *cpu])
     assert isinstance(cli.model, GRPOModule)

@@ -11,7 +11,10 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from stare_lit.module import LossSettings
+from stare_lit.experience import ValidationSettings
+from stare_lit.module import GRPOModule, LossSettings
+from stare_lit.ops.advantages import AdvantageSettings
+from stare_lit.train.update import UpdateSettings
 from stare_lit.train.policy import Policy
 from stare_lit.data.tasks.arithmetic import ArithmeticDataModule
 from stare_lit.schemes.stare import STARE
@@ -49,29 +52,48 @@ def test_two_steps_with_stare_log_everything(tiny_policy, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_closed_loop_scheme_shows_its_gate_alone_or_composed(tiny_policy, tmp_path):
+    """The progress bar shows what the scheme reports (TokenWeighting.progress): STARE's gate, also inside
+    a Compose; GRPO reports nothing. The report callback reads the same."""
+    from callbacks import EntropyReport
+    from stare_lit.schemes.base import Compose
+    from stare_lit.schemes.baselines import EntropyAdvantage
+
+    for name, scheme, gate in [("stare", STARE(target_entropy=100.0), 1.0),
+                               ("compose", Compose([EntropyAdvantage(), STARE(target_entropy=100.0)]), 1.0),
+                               ("grpo", None, None)]:
+        report = EntropyReport(every_n_steps=0, dpi=30)
+        trainer, _ = fit(make_module(tiny_policy, scheme=scheme, rewards=[MixedReward()]), tmp_path / name, steps=1,
+                         callbacks=[report])
+        assert trainer.progress_bar_metrics.get("gate") == gate, name
+        (gate_on,) = report.history["gate_on"]
+        assert gate_on == gate if gate is not None else math.isnan(gate_on), name
+
+
+@pytest.mark.slow
 def test_micro_batches_and_old_pass_give_the_fused_loss(tiny_policy):
     """One live step three ways on the same rollout: μ=1 fused (one forward), an explicit old pass + 4
     micro-batches, and an explicit old pass + one micro-batch (μ=2, its first update). Same loss, same
     gradients, same parameters after the optimizer step (float32 sums in another order: rtol 1e-4)."""
     fused = step_once(live_module(tiny_policy))
-    micro = step_once(live_module(tiny_policy, micro_batch_size=4))
-    old_pass = step_once(live_module(tiny_policy, updates_per_batch=2))
+    micro = step_once(live_module(tiny_policy, update=UpdateSettings(micro_batch_size=4)))
+    old_pass = step_once(live_module(tiny_policy, update=UpdateSettings(updates_per_batch=2)))
     out = fused.outputs
-    assert_live(out["rewards"], out["advantages"], out["mask"])
+    assert_live(out.rewards, out.advantages, out.mask)
     assert fused.stats["grad_norm"] > 0 and fused.stats["loss"] != 0
     for other in (micro, old_pass):
-        assert torch.equal(other.outputs["rewards"], out["rewards"])  # same samples
+        assert torch.equal(other.outputs.rewards, out.rewards)  # same samples
         assert other.stats["loss"] == pytest.approx(fused.stats["loss"], rel=1e-5, abs=1e-7)
         assert other.stats["grad_norm"] == pytest.approx(fused.stats["grad_norm"], rel=1e-4)
         assert_same_update(fused, other)
     # On-policy, ρ = 1: the token-mean loss is −Σ Â / (loss tokens), computed here from the step's own tensors.
-    mask = out["mask"]
-    assert fused.stats["loss"] == pytest.approx(-(out["advantages"] * mask).sum().item() / mask.sum().item(), rel=1e-5)
+    mask = out.mask
+    assert fused.stats["loss"] == pytest.approx(-(out.advantages * mask).sum().item() / mask.sum().item(), rel=1e-5)
 
 
 @pytest.mark.slow
 def test_several_updates_per_batch_count_optimizer_steps(tiny_policy, tmp_path):
-    trainer, metrics = fit(make_module(tiny_policy, updates_per_batch=2), tmp_path, steps=4)
+    trainer, metrics = fit(make_module(tiny_policy, update=UpdateSettings(updates_per_batch=2)), tmp_path, steps=4)
     assert trainer.global_step == 4  # 2 rollout batches × μ=2
     assert metrics["train/loss"].notna().sum() == 2
 
@@ -86,9 +108,9 @@ def test_kl_to_reference_builds_a_frozen_reference(tiny_model_dir):
     first, second = run.history
     assert first["kl"] == 0.0 and first["grad_norm"] > 0  # the first update moves π_θ away from π_ref
     out = run.outputs
-    assert_live(out["rewards"], out["advantages"], out["mask"])
+    assert_live(out.rewards, out.advantages, out.mask)
     assert second["kl"] > 1e-6
-    surrogate = -(out["advantages"] * out["mask"]).sum().item() / out["mask"].sum().item()  # on-policy: ρ = 1
+    surrogate = -(out.advantages * out.mask).sum().item() / out.mask.sum().item()  # on-policy: ρ = 1
     assert second["loss"] == pytest.approx(surrogate + 0.1 * second["kl"], rel=1e-5)
     assert not any(k.startswith("_ref") for k in module.state_dict())  # not checkpointed
 
@@ -97,13 +119,13 @@ def test_kl_to_reference_builds_a_frozen_reference(tiny_model_dir):
 def test_reference_model_adds_one_forward_not_an_old_pass(tiny_policy, tmp_path):
     """μ = 1, one micro-batch, β > 0: per step one policy forward (with grad) and one reference forward."""
     module = make_module(tiny_policy, loss=LossSettings(beta=0.1))
-    calls, inner = [], module.token_logprobs
+    calls, inner = [], module.updater.token_logprobs
 
     def counted(model, *args):
         calls.append((model is module.model, torch.is_grad_enabled()))  # (policy?, with grad?)
         return inner(model, *args)
 
-    module.token_logprobs = counted
+    module.updater.token_logprobs = counted
     fit(module, tmp_path, steps=2)
     assert calls == [(False, False), (True, True)] * 2  # per step: the reference (no grad), then the update
 
@@ -112,8 +134,8 @@ def test_reference_model_adds_one_forward_not_an_old_pass(tiny_policy, tmp_path)
 def test_dynamic_sampling_drops_flat_groups_without_crashing(tiny_policy, tmp_path):
     # A random tiny model never answers right: every group is flat, every update is skipped — and
     # a skipped update is no optimizer step, so bound the run by batches, not steps.
-    trainer, metrics = fit(make_module(tiny_policy, dynamic_sampling=True), tmp_path, steps=-1, max_epochs=1,
-                           limit_train_batches=2)
+    trainer, metrics = fit(make_module(tiny_policy, advantages=AdvantageSettings(dynamic_sampling=True)), tmp_path,
+                           steps=-1, max_epochs=1, limit_train_batches=2)
     assert trainer.global_step == 0
     assert (metrics["train/frac_zero_std"].dropna() == 1.0).all()
     assert (metrics["train/skipped_update"].dropna() == 1.0).all()
@@ -154,8 +176,8 @@ def test_resume_restores_stare_state(tiny_policy, tmp_path):
 @pytest.mark.slow
 def test_stare_step_scope_with_micro_batches(tiny_policy, tmp_path):
     scheme = STARE(target_entropy=100.0, top_ratio=0.5, scope="step")
-    trainer, metrics = fit(make_module(tiny_policy, scheme=scheme, micro_batch_size=4, rewards=[MixedReward()]),
-                           tmp_path, steps=2)
+    trainer, metrics = fit(make_module(tiny_policy, scheme=scheme, update=UpdateSettings(micro_batch_size=4),
+                                       rewards=[MixedReward()]), tmp_path, steps=2)
     assert trainer.global_step == 2
     assert (metrics["scheme/gate_on"].dropna() == 1.0).all()
     steps = metrics.dropna(subset=["train/loss"])
@@ -166,7 +188,8 @@ def test_stare_step_scope_with_micro_batches(tiny_policy, tmp_path):
 
 @pytest.mark.slow
 def test_mfu_is_logged_when_peak_flops_is_given(tiny_policy, tmp_path):
-    _, metrics = fit(make_module(tiny_policy, peak_flops=1e12, skip_inert_rows=False), tmp_path / "a", steps=1)
+    _, metrics = fit(make_module(tiny_policy, peak_flops=1e12, update=UpdateSettings(skip_inert_rows=False)),
+                     tmp_path / "a", steps=1)
     mfu = metrics["train/mfu"].dropna()
     assert len(mfu) == 1 and 0 < mfu.iloc[0] < 1
     # The tiny random policy earns no reward, so every group is flat: with skipping nothing is trained on.

@@ -24,6 +24,7 @@ from stare_lit.module import GRPOModule, LossSettings
 from stare_lit.train.policy import Policy
 from stare_lit.rollout.base import Sampling
 from stare_lit.data.tasks.arithmetic import ArithmeticDataModule
+from stare_lit.experience import ValidationSettings
 from stare_lit.schemes.stare import STARE
 from tests.helpers import DigitShare
 
@@ -36,7 +37,8 @@ ACCELERATORS = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.c
 def train(policy, folder, max_steps: int, ckpt_path=None, accelerator: str = "cpu", loss: LossSettings | None = None):
     L.seed_everything(0)
     module = GRPOModule(
-        policy=policy, rewards=[DigitShare()], group_size=4, sampling=Sampling(max_new_tokens=8), val_samples=2, loss=loss,
+        policy=policy, rewards=[DigitShare()], group_size=4, sampling=Sampling(max_new_tokens=8), loss=loss,
+        validation=ValidationSettings(samples=2),
         scheme=STARE(target_entropy=100.0, top_ratio=0.5, adaptive=True, alpha=0.05),  # gate open: W/M move
         optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5))
@@ -111,7 +113,7 @@ def assert_resume_is_exact(policy, accelerator, full, stop_at: int, tmp_path, lo
     for name, value in full_module.state_dict().items():
         assert torch.equal(value, module.state_dict()[name]), name
     assert full_module.scheme.state_dict() == module.scheme.state_dict()
-    assert full_module.rollouts == module.rollouts == STEPS
+    assert full_module.experience.rollouts == module.experience.rollouts == STEPS
     for full, resumed in zip(full_callbacks[1:], callbacks[1:]):
         assert full.state_dict() == resumed.state_dict(), type(full).__name__
 
@@ -124,11 +126,11 @@ def test_rollouts_do_not_depend_on_what_ran_before(tiny_policy):
     module = GRPOModule(policy=tiny_policy, rewards=[DigitShare()], group_size=4, sampling=Sampling(max_new_tokens=8))
     module.configure_model()
     seed = stream_seed(0, TRAIN, 5, 0)
-    first = module.rollout(["12+34="], 4, seed=seed)
+    first = module.experience.sample(module.model, ["12+34="], 4, seed=seed)
     torch.rand(1000)  # someone else draws
-    again = module.rollout(["12+34="], 4, seed=seed)
+    again = module.experience.sample(module.model, ["12+34="], 4, seed=seed)
     assert torch.equal(first.input_ids, again.input_ids)
-    other = module.rollout(["12+34="], 4, seed=stream_seed(0, TRAIN, 6, 0))
+    other = module.experience.sample(module.model, ["12+34="], 4, seed=stream_seed(0, TRAIN, 6, 0))
     assert not torch.equal(first.input_ids, other.input_ids)
 
 

@@ -110,19 +110,19 @@ def test_overlay_changes_what_it_claims(overlay, tiny_model_dir, tmp_path, grpo_
     module = build([base, overlay], tiny_model_dir, tmp_path, how["extra"])
     step = step_once(module, how["prompts"], steps=how["steps"])
     out, ref = step.outputs, grpo.outputs
-    assert_live(ref["rewards"], ref["advantages"], ref["mask"])
-    assert_live(out["rewards"], out["advantages"], out["mask"])
+    assert_live(ref.rewards, ref.advantages, ref.mask)
+    assert_live(out.rewards, out.advantages, out.mask)
     assert step.stats["grad_norm"] > 0
     if overlay.stem == "grpo":  # the base config's own scheme, named: the same step bit for bit
-        assert all(torch.equal(out[k], ref[k]) for k in ("rewards", "advantages", "mask", "weights"))
+        assert all(torch.equal(getattr(out, k), getattr(ref, k)) for k in ("rewards", "advantages", "mask", "weights"))
         assert step.stats["loss"] == grpo.stats["loss"]
         return
     overlong = "OverlongPenalty" in overlay.read_text()
     if not overlong:
-        assert torch.equal(out["rewards"], ref["rewards"])  # the same rollout, the same rewards
+        assert torch.equal(out.rewards, ref.rewards)  # the same rollout, the same rewards
     if names_a_scheme(overlay):
         assert type(module.scheme).__name__ != "GRPO"
-        changed = [k for k in ("advantages", "mask", "weights") if differs(out[k], ref[k])]
+        changed = [k for k in ("advantages", "mask", "weights") if differs(getattr(out, k), getattr(ref, k))]
         if any(e is not None for e in step.extra):
             changed.append("extra_loss")
         assert changed, f"{overlay.name} gives the loss GRPO's advantages, mask and weights and no extra loss"
@@ -137,30 +137,31 @@ def test_overlay_changes_what_it_claims(overlay, tiny_model_dir, tmp_path, grpo_
 def check_overlong_penalty(step, grpo) -> None:
     """DAPO's soft overlong penalty (L_max 40, L_c 8) is added to the reward."""
     out, ref = step.outputs, grpo.outputs
-    lengths = ref["mask"].sum(-1).float()  # tokens, EOS included (nothing dropped in GRPO's mask)
+    lengths = ref.mask.sum(-1).float()  # tokens, EOS included (nothing dropped in GRPO's mask)
     penalty = torch.clamp(-(lengths - 32) / 8, max=0.0)
     assert (penalty < 0).any(), "no completion reached the overlong band: the penalty is untested"
-    torch.testing.assert_close(out["rewards"], ref["rewards"] + penalty)
+    torch.testing.assert_close(out.rewards, ref.rewards + penalty)
 
 
 def check_dynamic_sampling(step, grpo) -> None:
     """Groups with equal rewards leave the loss; the others keep their tokens."""
     out, ref = step.outputs, grpo.outputs
-    flat = equal_groups(out["rewards"], G).repeat_interleave(G)  # (N,)
+    flat = equal_groups(out.rewards, G).repeat_interleave(G)  # (N,)
     assert flat.any() and not flat.all(), "need a flat and a mixed group to see dynamic sampling"
-    assert not out["mask"][flat].any()  # dropped
-    assert torch.equal(out["mask"][~flat], ref["mask"][~flat])  # kept as they were
+    assert not out.mask[flat].any()  # dropped
+    assert torch.equal(out.mask[~flat], ref.mask[~flat])  # kept as they were
 
 
 def check_dr_grpo(module, step, grpo) -> None:
-    """advantage_scale none: Â = r − mean of the group; seq-mean-token-sum-norm: mean over rows of Σ_t ℓ / L_max."""
+    """advantages.scale none: Â = r − mean of the group; seq-mean-token-sum-norm: mean over rows of
+    Σ_t ℓ / L_max."""
     out = step.outputs
-    plain = group_advantages(out["rewards"], G, "none")  # (N,)
-    torch.testing.assert_close(out["advantages"], plain[:, None].expand_as(out["advantages"]))
-    assert differs(out["advantages"], grpo.outputs["advantages"])  # GRPO divides by the group's std
-    mask = out["mask"].float()
+    plain = group_advantages(out.rewards, G, "none")  # (N,)
+    torch.testing.assert_close(out.advantages, plain[:, None].expand_as(out.advantages))
+    assert differs(out.advantages, grpo.outputs.advantages)  # GRPO divides by the group's std
+    mask = out.mask.float()
     # On-policy, ρ = 1 and ω ≡ 1: ℓ_t = −Â_t.
-    expected = (-(out["advantages"] * mask).sum(-1) / module.sampling.max_new_tokens).mean().item()
+    expected = (-(out.advantages * mask).sum(-1) / module.experience.sampling.max_new_tokens).mean().item()
     assert step.stats["loss"] == pytest.approx(expected, rel=1e-5)
-    token_mean = -(out["advantages"] * mask).sum().item() / mask.sum().item()
+    token_mean = -(out.advantages * mask).sum().item() / mask.sum().item()
     assert expected != pytest.approx(token_mean, rel=1e-3)

@@ -149,7 +149,7 @@ def check_fit(args: list[str], what: str) -> None:
         if cause is None:
             raise
         raise ConfigError(f"{what}: {cause}") from None
-    cli.model.reward_runner.close()  # a worker process, had the settings started one
+    cli.model.experience.close()  # the reward runner's worker process, had the settings started one
 
 
 @contextmanager

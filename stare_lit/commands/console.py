@@ -52,7 +52,7 @@ class StepProgressBar(RichProgressBar):
     A stare-lit run is bounded by max_steps (max_epochs is -1), where the stock bar reads
     "Epoch 0/-2" and counts the batches of an epoch that never ends. With ``max_steps`` set this
     bar reads "Step" and shows ``trainer.global_step / max_steps`` (a batch is μ steps when
-    ``model.updates_per_batch`` > 1). Without it, it is the stock bar.
+    ``model.update.updates_per_batch`` > 1). Without it, it is the stock bar.
     """
 
     def _by_steps(self) -> bool:

@@ -6,11 +6,12 @@
     stare-lit evaluate --help                                                         # every setting
 
 The run's config (``--run_config``, a ``stare-lit fit`` YAML) says how prompts are formatted, sampled
-and scored: ``model.policy``, ``model.rewards``, ``model.scoring``, ``model.sampling``,
-``model.chat_template``, ``model.accuracy_reward`` and ``data`` (any DataModule by class_path).
-Sampling and scoring go through the training code itself — ``GRPOModule.rollout`` and
-``GRPOModule.score`` (``stare_lit.rewards.RewardRunner``) — so an evaluation scores exactly what
-training would. Sampling draws from the evaluation stream of ``stare_lit.rollout.streams``: batch b samples from
+and scored: ``model.policy``, ``model.rewards``, ``model.reward_weights``, ``model.scoring``,
+``model.sampling``, ``model.rollout``, ``model.prompt_format``, ``model.validation.accuracy_reward`` and
+``data`` (any DataModule by class_path). Sampling and scoring go through the training code itself — a
+``stare_lit.experience.Experience``, which GRPOModule samples and scores with — so an evaluation scores
+exactly what training would, and "correct" is validation's (``stare_lit.experience.judge``). Sampling
+draws from the evaluation stream of ``stare_lit.rollout.streams``: batch b samples from
 ``stream_seed(seed, EVALUATION, b)``, so two runs with the same seed, data and batch size write
 identical files.
 
@@ -34,15 +35,17 @@ import torch
 from jsonargparse import ArgumentParser
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from stare_lit.commands.export import read_policy_state
 from stare_lit.commands.inputs import (check_count, check_device, check_file, check_output_dir, check_seed,
                                       read_yaml_mapping)
 from stare_lit.errors import check
-from stare_lit.train.checkpoint import check_checkpoint_file, check_same_model
-from stare_lit.train.policy import check_model_source
-from stare_lit.commands.export import read_policy_state
-from stare_lit.ops.metrics import pass_at_k_levels, sample_accuracy
+from stare_lit.experience import Experience, judge
 from stare_lit.module import GRPOModule
-from stare_lit.rollout.streams import EVALUATION, stream_seed
+from stare_lit.ops.metrics import pass_at_k_levels, sample_accuracy
+from stare_lit.rewards.runner import RewardRunner
+from stare_lit.train.checkpoint import check_checkpoint_file, check_same_model
+from stare_lit.train.checks import check_module_settings
+from stare_lit.train.policy import Policy, check_model_source
 
 Split = Literal["validation", "test", "train"]
 
@@ -67,7 +70,8 @@ def evaluate(
 
     Args:
         run_config: the run's ``stare-lit fit`` YAML (for a checkpoint, the ``config.yaml`` its run saved):
-            its model.policy, rewards, scoring, sampling, chat template and data are used.
+            its model.policy, rewards, scoring, sampling, rollout, prompt format, accuracy reward and data
+            are used.
         model: a Hugging Face model name or directory (e.g. artifacts/arith-warmstart, or what
             ``stare-lit export`` writes) instead of the config's model.policy.name_or_path.
         ckpt_path: a Lightning checkpoint (a file, or a sharded checkpoint's directory) of a run of
@@ -93,23 +97,23 @@ def evaluate(
     # temperature 0 is greedy decoding, which ignores the temperature (Sampling requires one > 0)
     sampling = {"temperature": temperature or None, "top_p": top_p, "top_k": top_k, "max_new_tokens": max_new_tokens}
     sampling = {k: v for k, v in sampling.items() if v is not None}
-    module, datamodule = build_from_config(run_config, model, data, sampling)
-    loader = prompt_loader(datamodule, split)  # a split without a loader is refused before the model loads
-    torch.manual_seed(seed)  # a policy built from a config gets the same random weights every time
-    module.configure_model()
-    if ckpt_path is not None:
-        load_policy_weights(module, ckpt_path)
-    module.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    policy, experience, accuracy_reward, datamodule = build_from_config(run_config, model, data, sampling, seed)
     try:
+        loader = prompt_loader(datamodule, split)  # a split without a loader is refused before the model loads
+        torch.manual_seed(seed)  # a policy built from a config gets the same random weights every time
+        policy_model = policy.build_model()
+        if ckpt_path is not None:
+            load_policy_weights(policy_model, ckpt_path)
+        policy_model.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
         rows = [row for batch in prompt_batches(loader, max_prompts)
-                for row in evaluate_batch(module, batch, n, greedy=temperature == 0,
-                                          seed=stream_seed(seed, EVALUATION, batch["_index"]))]
+                for row in evaluate_batch(experience, policy_model, batch, n, greedy=temperature == 0,
+                                          accuracy_reward=accuracy_reward)]
     finally:
-        module.reward_runner.close()
+        experience.close()
     check(len(rows) > 0, f"evaluate: the {split} split of the data gave no prompts")
     summary = summarise(rows, n)
-    settings = {"run_config": run_config, "model": model or module.policy.name_or_path, "ckpt_path": ckpt_path,
-                "split": split, "seed": seed, **{k: v for k, v in vars(module.sampling).items() if k != "seed"}}
+    settings = {"run_config": run_config, "model": model or policy.name_or_path, "ckpt_path": ckpt_path,
+                "split": split, "seed": seed, **{k: v for k, v in vars(experience.sampling).items() if k != "seed"}}
     out = write_results(Path(out_dir), rows, summary, settings)
     print(f"evaluated {len(rows)} prompts x {n} samples in {time.perf_counter() - start:.0f}s: "
           + ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if k.startswith(("mean@", "pass@"))))
@@ -144,9 +148,11 @@ def check_settings(*, run_config, model, ckpt_path, data, split, n, seed, temper
 
 
 # ---------------------------------------------------------------- building from the run's config
-def build_from_config(run_config: str, model: str | None, data: str | None,
-                      sampling: dict) -> tuple[GRPOModule, L.LightningDataModule]:
-    """The run's GRPOModule (not yet built) and DataModule, parsed as ``stare-lit fit`` parses them."""
+def build_from_config(run_config: str, model: str | None, data: str | None, sampling: dict,
+                      seed: int) -> tuple[Policy, Experience, int, L.LightningDataModule]:
+    """Parsed as ``stare-lit fit`` parses the run's config, and built without a model: the run's policy
+    settings, its experience (tokenizer, rewards, sampling, engine, prompt format; the evaluation stream
+    seeded with ``seed``), the index of its accuracy reward and its DataModule."""
     settings = _read_yaml(run_config, "run_config")
     check("model" in settings and "data" in settings,
           f"evaluate --run_config: {run_config} needs model: and data: sections (a stare-lit fit config)")
@@ -160,11 +166,18 @@ def build_from_config(run_config: str, model: str | None, data: str | None,
         model_cfg["policy"] = {**policy, "name_or_path": model}
     model_cfg["sampling"] = {**(model_cfg.get("sampling") or {}), **sampling}
     parser = ArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(GRPOModule, "model", sub_configs=True, fail_untyped=False)
+    # GRPOModule's settings, each part built (rewards, sampling, ...) but not the module: no model is built.
+    parser.add_class_arguments(GRPOModule, "model", sub_configs=True, fail_untyped=False, instantiate=False)
     parser.add_subclass_arguments(L.LightningDataModule, "data", fail_untyped=False, required=True)
     parsed = parser.parse_object({"model": model_cfg, "data": settings["data"]})
     init = parser.instantiate_classes(parsed)
-    return init.model, init.data
+    run = init.model
+    rewards = RewardRunner(run.rewards, run.reward_weights, run.scoring)  # checks both
+    check_module_settings(rewards=len(run.rewards), group_size=run.group_size,
+                          accuracy_reward=run.validation.accuracy_reward, peak_flops=run.peak_flops)
+    experience = Experience(run.policy.load_tokenizer(), rewards, run.sampling, run.rollout, run.prompt_format,
+                            seed=seed)
+    return run.policy, experience, run.validation.accuracy_reward, init.data
 
 
 def _read_yaml(path: str, setting: str) -> dict:
@@ -172,18 +185,18 @@ def _read_yaml(path: str, setting: str) -> dict:
 
 
 # ---------------------------------------------------------------- a checkpoint's weights
-def load_policy_weights(module: GRPOModule, ckpt_path: str) -> None:
-    """Load the policy weights of a Lightning checkpoint (a file, or a sharded directory) into ``module.model``.
+def load_policy_weights(model, ckpt_path: str) -> None:
+    """Load the policy weights of a Lightning checkpoint (a file, or a sharded directory) into ``model``.
 
     Read as ``stare-lit export`` reads them (``stare_lit.commands.export.read_policy_state``: weights_only, no code
     runs), after ``check_same_model`` has given a checkpoint of another model one clear line.
     """
     check_checkpoint_file(ckpt_path)
-    mine = module.model.state_dict()
+    mine = model.state_dict()
     state = read_policy_state(Path(ckpt_path), mine)
     check(len(state) > 0, f"evaluate --ckpt_path: {ckpt_path} holds no policy weights (no model.* in its state_dict)")
-    check_same_model(module.state_dict(), {f"model.{k}": v for k, v in state.items()})
-    module.model.load_state_dict(state)
+    check_same_model({f"model.{k}": v for k, v in mine.items()}, {f"model.{k}": v for k, v in state.items()})
+    model.load_state_dict(state)
 
 
 # ---------------------------------------------------------------- sampling and scoring
@@ -212,12 +225,14 @@ def prompt_batches(loader, max_prompts: int | None):
             return
 
 
-def evaluate_batch(module: GRPOModule, batch: dict, n: int, greedy: bool, seed: int) -> list[dict]:
-    """One batch: n samples per prompt (GRPOModule.rollout), scored (GRPOModule.score); one row per prompt."""
+def evaluate_batch(experience: Experience, model, batch: dict, n: int, greedy: bool,
+                   accuracy_reward: int) -> list[dict]:
+    """One batch: n samples per prompt from the batch's evaluation stream, scored; one row per prompt."""
     columns = {k: v for k, v in batch.items() if k != "_index"}
-    rollout = module.rollout(columns["prompt"], n, greedy=greedy, seed=seed)
-    scored = module.score(columns, rollout, n)
-    accuracy = list(scored.per_reward.values())[module.accuracy_reward]  # (P*n,), NaN = unscorable
+    seed = experience.evaluation_seed(batch["_index"])
+    rollout = experience.sample(model, columns["prompt"], n, seed, greedy=greedy)
+    scored = experience.score(columns, rollout, n)
+    correct = judge(scored, accuracy_reward)[0].tolist()  # (P*n,) as validation: the reward's value >= 1
     lengths = rollout.completion_mask.sum(-1).tolist()  # tokens, EOS included
     scores = {name: values.tolist() for name, values in scored.per_reward.items()} | {"total": scored.total.tolist()}
     rows = []
@@ -227,7 +242,7 @@ def evaluate_batch(module: GRPOModule, batch: dict, n: int, greedy: bool, seed: 
             "prompt": prompt,
             "completions": rollout.completions[part],
             "scores": {name: [_number(v) for v in values[part]] for name, values in scores.items()},
-            "correct": [bool(v >= 1.0) for v in accuracy[part].tolist()],  # as validation: value >= 1
+            "correct": correct[part],
             "lengths": lengths[part],
             "truncated": rollout.truncated[part].tolist(),
             "columns": {k: v[p] for k, v in columns.items() if k != "prompt"},

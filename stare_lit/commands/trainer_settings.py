@@ -97,10 +97,11 @@ def _check_manual_optimisation(trainer: Any) -> None:
     accumulate = trainer.get("accumulate_grad_batches")
     check(accumulate in (None, 1),
           f"trainer.accumulate_grad_batches must be 1, got {accumulate}: stare-lit steps the optimizer itself; to "
-          "split a batch that does not fit in memory set model.micro_batch_size (gradients are accumulated over it)")
+          "split a batch that does not fit in memory set model.update.micro_batch_size (gradients are accumulated "
+          "over it)")
     clip = trainer.get("gradient_clip_val")
     check(clip in (None, 0), f"trainer.gradient_clip_val must be unset, got {clip}: stare-lit steps the optimizer "
-                             "itself; set model.grad_clip (the max global gradient norm) instead")
+                             "itself; set model.update.grad_clip (the max global gradient norm) instead")
 
 
 def _check_folders(trainer: Any) -> None:

@@ -9,6 +9,8 @@ Example (G=2, scale="group", eps=0):
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -17,6 +19,27 @@ from torch import Tensor
 from stare_lit.errors import check
 
 AdvantageScale = Literal["group", "none", "batch"]
+
+
+@dataclass(frozen=True)
+class AdvantageSettings:
+    """How rewards become advantages (``model.advantages`` in YAML; see :func:`group_advantages`).
+
+    Args:
+        scale: "group" (GRPO), "none" (Dr. GRPO) or "batch" std scaling.
+        eps: added to the std.
+        dynamic_sampling: drop groups whose rewards are all equal from the loss (DAPO); they carry
+            no policy gradient but would otherwise dilute token-mean.
+    """
+
+    scale: AdvantageScale = "group"
+    eps: float = 1e-6
+    dynamic_sampling: bool = False
+
+    def __post_init__(self) -> None:
+        number = isinstance(self.eps, (int, float)) and not isinstance(self.eps, bool)
+        check(number and math.isfinite(self.eps) and self.eps >= 0,
+              f"model.advantages.eps must be >= 0, got {self.eps}")
 
 
 def group_advantages(

@@ -102,7 +102,7 @@ def format_prompts(tokenizer, prompts: list[str], chat_template: bool, system_pr
     if not chat_template:
         return prompts
     check(getattr(tokenizer, "chat_template", None) is not None,
-          "model.chat_template is true but the tokenizer has no chat template; set it to false")
+          "model.prompt_format.chat_template is true but the tokenizer has no chat template; set it to false")
     out = []
     for p in prompts:
         messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [

@@ -9,8 +9,9 @@ the module hands it a ``TokenBatch`` and asks, in this order:
     extra_loss(tokens) -> (B, T)   a differentiable per-token addend (KL-Cov, entropy bonus)
 
 and once per training step, before any update, ``update(batch_entropy)`` with the world-level
-token-mean entropy of π_old (STARE's gate). Anything that changes gradients lives here and is
-checkpointed through ``state_dict()`` / ``load_state_dict()``; callbacks only watch.
+token-mean entropy of π_old (STARE's gate). After the step the module logs ``metrics()`` (as
+``scheme/<name>``) and shows ``progress()`` on the progress bar. Anything that changes gradients lives
+here and is checkpointed through ``state_dict()`` / ``load_state_dict()``; callbacks only watch.
 """
 
 from __future__ import annotations
@@ -72,6 +73,11 @@ class TokenWeighting:
         """Scalars to log after the last loss computation."""
         return {}
 
+    def progress(self) -> dict[str, float]:
+        """What the progress bar shows of the scheme after a step (a closed loop's state, e.g. STARE's
+        gate), by name; {} for a scheme with nothing to show."""
+        return {}
+
     def state_dict(self) -> dict:
         return {}
 
@@ -87,7 +93,7 @@ class GRPO(TokenWeighting):
 
 class Compose(TokenWeighting):
     """Several schemes at once: advantages and masks chained in order, weights multiplied, extra
-    losses summed, each scheme's state and metrics kept under its index.
+    losses summed, each scheme's state and metrics kept under its index, their progress merged.
 
     Args:
         schemes: the schemes, applied in order (e.g. EntropyAdvantage then STARE).
@@ -131,6 +137,10 @@ class Compose(TokenWeighting):
 
     def metrics(self) -> dict[str, float]:
         return {f"{i}_{type(s).__name__}/{k}": v for i, s in enumerate(self.schemes) for k, v in s.metrics().items()}
+
+    def progress(self) -> dict[str, float]:
+        """Every part's progress, merged (a later part's value wins a shared name)."""
+        return {k: v for s in self.schemes for k, v in s.progress().items()}
 
     def state_dict(self) -> dict:
         return {str(i): s.state_dict() for i, s in enumerate(self.schemes)}

@@ -375,6 +375,9 @@ class STARE(TokenWeighting):
     def metrics(self) -> dict[str, float]:
         return dict(self._stats)
 
+    def progress(self) -> dict[str, float]:
+        return {"gate": float(self.gate_on)}  # 1: the closed loop is reweighting, 0: ω ≡ 1
+
     def state_dict(self) -> dict:
         return {"w": self.w, "m": self.m, "gate_on": self.gate_on, "entropy": self.entropy,
                 "target_entropy": self.target_entropy, "baseline": list(self.baseline),

@@ -1,5 +1,6 @@
 """Up-front checks of the module's settings that need more than a comparison: each bad value gets one
 ``ConfigError`` naming its YAML key and the fix, in ``GRPOModule.__init__``, before anything is written.
+(A settings group — ``model.update``, ``model.validation``, ... — checks its own values when it is built.)
 
 The optimizer and the LR scheduler are ``OptimizerCallable`` / ``LRSchedulerCallable`` (a class and
 its ``init_args``, called later on the model's parameters): torch checks their arguments only when
@@ -77,29 +78,11 @@ def _first_line(error: BaseException) -> str:
     return text[:200]
 
 
-def check_module_settings(*, rewards: int, updates_per_batch: int, micro_batch_size: int | None,
-                          accuracy_reward: int, val_samples: int, val_temperature: float,
-                          max_nonfinite_steps: int, grad_clip: float | None, advantage_eps: float,
-                          logprob_chunk_size: int | None, peak_flops: float | None, system_prompt: str | None,
-                          chat_template: bool) -> None:
-    """GRPOModule's plain settings (``rewards``: how many), each checked with one line naming its key."""
-    check(updates_per_batch >= 1, f"model.updates_per_batch must be >= 1, got {updates_per_batch}")
-    check(micro_batch_size is None or micro_batch_size >= 1, "model.micro_batch_size must be >= 1 or null")
-    check(0 <= accuracy_reward < rewards, f"model.accuracy_reward must index model.rewards, got {accuracy_reward}")
-    check(val_samples >= 1, f"model.val_samples must be >= 1, got {val_samples}")
-    check(finite(val_temperature) and val_temperature >= 0,
-          f"model.val_temperature must be >= 0 (0 = greedy), got {val_temperature}")
-    check(val_temperature > 0 or val_samples == 1, "model.val_temperature 0 (greedy) needs model.val_samples 1")
-    check(max_nonfinite_steps >= 1, f"model.max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
-    # A negative grad_clip would make clip_grad_norm_ flip every gradient: the run would climb the loss.
-    check(grad_clip is None or (finite(grad_clip) and grad_clip > 0),
-          f"model.grad_clip must be > 0 (the max global gradient norm, e.g. 1.0) or null for no clipping, got {grad_clip}")
-    check(finite(advantage_eps) and advantage_eps >= 0, f"model.advantage_eps must be >= 0, got {advantage_eps}")
-    check(logprob_chunk_size is None or logprob_chunk_size >= 1,
-          f"model.logprob_chunk_size must be >= 1 (positions per log-prob pass) or null (follow the vocabulary), "
-          f"got {logprob_chunk_size}")
+def check_module_settings(*, rewards: int, group_size: int, accuracy_reward: int, peak_flops: float | None) -> None:
+    """GRPOModule's settings that are not in a settings group that checks itself (``rewards``: how many),
+    each with one line naming its key. ``stare-lit evaluate`` checks a run config with it too."""
+    check(group_size >= 2, f"model.group_size must be >= 2 (GRPO compares samples of a prompt), got {group_size}")
+    check(0 <= accuracy_reward < rewards,
+          f"model.validation.accuracy_reward must index model.rewards, got {accuracy_reward}")
     check(peak_flops is None or (finite(peak_flops) and peak_flops > 0),
           f"model.peak_flops must be > 0 (FLOP/s, e.g. 989e12) or null, got {peak_flops}")
-    check(system_prompt is None or chat_template,
-          "model.system_prompt is set but model.chat_template is false, so it would never be used; "
-          "set model.chat_template: true or remove model.system_prompt")

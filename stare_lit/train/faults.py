@@ -5,7 +5,7 @@ A NaN or ±inf in log-probs, entropy (which is how non-finite logits show up), t
 probabilities, advantages, loss or gradient norm makes :func:`require_finite` raise
 :class:`NonFiniteStep` on every rank together (one all-reduce): a rank that skipped backward alone
 would leave the others waiting in FSDP's collectives. The module then makes no optimizer step, drops
-the step's gradients and warns; ``model.max_nonfinite_steps`` skips in a row save
+the step's gradients and warns; ``model.update.max_nonfinite_steps`` skips in a row save
 ``last-good-step=K.ckpt`` and stop with one line.
 """
 
@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from stare_lit.errors import NonFiniteError
 from stare_lit.ops.distributed import all_reduce_sum
+from stare_lit.rollout.base import Rollout
+from stare_lit.train.step_log import StepOutput
 
 
 class NonFiniteStep(Exception):
@@ -46,11 +49,24 @@ def sampler_fault(error: RuntimeError) -> bool:
     return "inf" in str(error) or "nan" in str(error)
 
 
-def skipped_step_outputs(rows: int, device) -> dict[str, Tensor]:
+def finite_sampling(sample: Callable[[], Rollout], device) -> Rollout:
+    """``sample()``; a sampler that met NaN/±inf probabilities (non-finite logits) is a NonFiniteStep on
+    every rank, like any other non-finite number of the step. Every rank must call it."""
+    try:
+        rollout, bad = sample(), torch.zeros((), device=device)
+    except RuntimeError as e:
+        if not sampler_fault(e):
+            raise
+        rollout, bad = None, torch.tensor(math.nan, device=device)
+    require_finite("logits while sampling the rollout", bad)  # every rank takes part
+    return rollout
+
+
+def skipped_step_outputs(rows: int, device) -> StepOutput:
     """What a skipped step hands the callbacks: ``rows`` rows with no valid token (they skip it)."""
     zeros = torch.zeros(rows, 1, device=device)  # (N, 1)
-    return {"loss": torch.tensor(math.nan), "entropy": zeros, "surprisal": zeros, "advantages": zeros,
-            "weights": zeros, "mask": zeros.bool(), "rewards": torch.full((rows,), math.nan, device=device)}
+    return StepOutput(loss=torch.tensor(math.nan), entropy=zeros, surprisal=zeros, advantages=zeros,
+                      weights=zeros, mask=zeros.bool(), rewards=torch.full((rows,), math.nan, device=device))
 
 
 def save_last_good_and_stop(trainer, fault: NonFiniteStep, in_a_row: int, step: int) -> None:
@@ -64,4 +80,5 @@ def save_last_good_and_stop(trainer, fault: NonFiniteStep, in_a_row: int, step: 
     raise NonFiniteError(
         f"{in_a_row} steps in a row had non-finite {fault.what} (the last at step {step}); stopped. The last "
         f"good state is in {path} (the skipped steps changed nothing); resume from it with --ckpt_path after "
-        f"lowering model.optimizer's lr, using model.policy.dtype: float32, or raising model.max_nonfinite_steps")
+        f"lowering model.optimizer's lr, using model.policy.dtype: float32, or raising "
+        "model.update.max_nonfinite_steps")

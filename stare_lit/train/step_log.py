@@ -1,9 +1,12 @@
-"""Step metrics without stale values.
+"""What a training step hands to the callbacks, and what it logs.
 
-Lightning writes, at every step, the last value of each key logged with ``on_step=True`` earlier in
-the epoch — also at the steps that did not log it. A key logged only some of the time (the loss on a
-skipped step, a forecast that exists only once enough steps are in) would show an old value as if it
-were new. :class:`StepKeys` remembers every key logged so far and gives the missing ones NaN.
+:class:`StepOutput` is the one typed object a step returns: the callbacks read its fields.
+
+Step metrics without stale values: Lightning writes, at every step, the last value of each key logged
+with ``on_step=True`` earlier in the epoch — also at the steps that did not log it. A key logged only
+some of the time (the loss on a skipped step, a forecast that exists only once enough steps are in)
+would show an old value as if it were new. :class:`StepKeys` remembers every key logged so far and gives
+the missing ones NaN.
 
 :func:`step_metrics` is what one training step logs (``train/``, ``time/``, ``reward/``, ``scheme/``).
 """
@@ -11,6 +14,9 @@ were new. :class:`StepKeys` remembers every key logged so far and gives the miss
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,6 +24,45 @@ from torch import Tensor
 from stare_lit.ops.distributed import all_reduce_sum, masked_mean
 from stare_lit.rewards.runner import ScoredBatch, none_fraction
 from stare_lit.rollout.base import Rollout
+
+#: The key of ``training_step``'s return that holds the :class:`StepOutput`.
+STEP = "step"
+
+
+@dataclass
+class StepOutput:
+    """What one training step hands to the callbacks; every tensor is detached.
+
+    N = the step's completions (prompts × G, prompt-major: rows g·G … g·G+G−1 are prompt g's),
+    T = completion positions. Per-token values are of π_old, the policy that sampled the batch; the
+    advantages, mask and weights are the ones the scheme handed the loss of the first update (μ = 1:
+    the only one). A step skipped for a NaN/±inf (``stare_lit.train.faults``) has no valid token:
+    N × 1 tensors, mask all False, loss and rewards NaN — a callback that reduces over ``mask`` sees
+    nothing and logs nothing for it.
+
+    ``training_step`` returns it as ``{"step": StepOutput}`` (read it with :meth:`of`): in manual
+    optimisation Lightning passes on only a Tensor or a Mapping (it copies the mapping and detaches
+    its ``"loss"``) and refuses anything else, a dataclass included.
+    """
+
+    loss: Tensor  # () float32: the first update's loss over the world; 0 when nothing was learnt
+    entropy: Tensor  # (N, T) float32: H = −Σ_v π(v|·) log π(v|·), the whole next-token distribution
+    surprisal: Tensor  # (N, T) float32: s = −log π(o_t|·), the sampled token only (E_π[s] = H)
+    advantages: Tensor  # (N, T) float32: the per-token advantage Â the loss used
+    weights: Tensor  # (N, T) float32: the scheme's token weights ω (1 = plain GRPO)
+    mask: Tensor  # (N, T) bool: the loss tokens (completion tokens of scored, kept rows, after the scheme's mask)
+    rewards: Tensor  # (N,) float32: each completion's total reward; NaN = no reward could judge it
+
+    @classmethod
+    def of(cls, outputs: Any, who: str = "a callback") -> StepOutput:
+        """The step in what ``on_train_batch_end`` received as ``outputs`` (``training_step``'s return)."""
+        step = outputs.get(STEP) if isinstance(outputs, Mapping) else None
+        if not isinstance(step, cls):
+            raise TypeError(f"{who} reads the step that stare_lit.module.GRPOModule.training_step returns, "
+                            f"{{'{STEP}': StepOutput}} (stare_lit.train.StepOutput); got {type(outputs).__name__}"
+                            + (f" with keys {sorted(outputs)}" if isinstance(outputs, Mapping) else ""))
+        return step
+
 
 class StepKeys:
     """The keys logged so far; ``fill`` adds the ones a step lacks, as NaN."""

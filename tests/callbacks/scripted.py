@@ -10,6 +10,7 @@ entropy whose predicted change points up or down), with the short collapsing tra
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -17,36 +18,43 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
+from stare_lit.train.step_log import STEP, StepOutput
 
-def hand_outputs() -> dict[str, torch.Tensor]:
+
+def given(step: StepOutput) -> dict[str, StepOutput]:
+    """What Lightning hands ``on_train_batch_end`` as ``outputs``: training_step's return."""
+    return {STEP: step}
+
+
+def hand_outputs() -> StepOutput:
     """B=2, T=3; the last token of row 0 is padding (masked out) and carries values that would
     change every statistic if it were counted."""
     mask = torch.tensor([[True, True, False], [True, True, True]])
     entropy = torch.tensor([[1.0, 2.0, 99.0], [0.5, 1.5, 3.0]])
     surprisal = torch.tensor([[0.5, 3.0, 99.0], [2.0, 1.0, 3.0]])
     advantages = torch.tensor([[1.0, 1.0, 5.0], [1.0, 0.0, -2.0]])
-    return {
-        "loss": torch.tensor(0.0),
-        "entropy": entropy,
-        "surprisal": surprisal,
-        "advantages": advantages,
-        "weights": torch.ones(2, 3),
-        "mask": mask,
-        "rewards": torch.tensor([1.0, float("nan")]),
-    }
+    return StepOutput(
+        loss=torch.tensor(0.0),
+        entropy=entropy,
+        surprisal=surprisal,
+        advantages=advantages,
+        weights=torch.ones(2, 3),
+        mask=mask,
+        rewards=torch.tensor([1.0, float("nan")]),
+    )
 
 
-def scripted_outputs(entropy: float) -> dict[str, torch.Tensor]:
+def scripted_outputs(entropy: float) -> StepOutput:
     """Every valid token has entropy ``entropy``; the padded token has a huge one that must be ignored."""
     out = hand_outputs()
-    out["entropy"] = torch.where(out["mask"], torch.full((2, 3), entropy), torch.full((2, 3), 1e6))
+    out.entropy = torch.where(out.mask, torch.full((2, 3), entropy), torch.full((2, 3), 1e6))
     return out
 
 
 class ScriptedModule(pl.LightningModule):
     """Manual optimisation, one nn.Linear; training_step returns outputs[i] for the i-th batch."""
 
-    def __init__(self, outputs: list[dict[str, torch.Tensor]]) -> None:
+    def __init__(self, outputs: list[StepOutput]) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.layer = torch.nn.Linear(1, 1)
@@ -59,7 +67,7 @@ class ScriptedModule(pl.LightningModule):
         opt.zero_grad()
         self.manual_backward(loss)
         opt.step()
-        out = dict(self.scripted[self.calls], loss=loss.detach())
+        out = given(replace(self.scripted[self.calls], loss=loss.detach()))
         self.calls += 1
         return out
 
@@ -100,21 +108,21 @@ def read_metrics(trainer: pl.Trainer) -> dict[int, dict[str, float]]:
     return rows
 
 
-def trace_outputs(entropy: float, push: float) -> dict[str, torch.Tensor]:
+def trace_outputs(entropy: float, push: float) -> StepOutput:
     """Two completions of three tokens, all with token entropy ``entropy``; the predicted change has the
     sign of ``push``: down = confident tokens of the rewarded row (A>0, s<H) and surprising tokens of
     the penalised one (A<0, s>H); up = the opposite."""
     low, high = entropy / 2, 2 * entropy
     surprisal = [[low] * 3, [high] * 3] if push < 0 else [[high] * 3, [low] * 3]
-    return {
-        "loss": torch.tensor(0.0),
-        "entropy": torch.full((2, 3), entropy),
-        "surprisal": torch.tensor(surprisal),
-        "advantages": torch.tensor([[1.0] * 3, [-1.0] * 3]),
-        "weights": torch.ones(2, 3),
-        "mask": torch.ones(2, 3, dtype=torch.bool),
-        "rewards": torch.tensor([1.0, 0.0]),
-    }
+    return StepOutput(
+        loss=torch.tensor(0.0),
+        entropy=torch.full((2, 3), entropy),
+        surprisal=torch.tensor(surprisal),
+        advantages=torch.tensor([[1.0] * 3, [-1.0] * 3]),
+        weights=torch.ones(2, 3),
+        mask=torch.ones(2, 3, dtype=torch.bool),
+        rewards=torch.tensor([1.0, 0.0]),
+    )
 
 
 THRESHOLD = 0.3  # the forecast tests' entropy floor (min_entropy)

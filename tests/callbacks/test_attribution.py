@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -26,6 +27,7 @@ from stare_lit.ops.entropy_dynamics import (
     quadrant_masks,
     softmax_entropy_gradient,
 )
+from stare_lit.train.step_log import StepOutput
 from tests.callbacks.scripted import fit, hand_outputs, scripted_outputs
 
 # --------------------------------------------------------------------------------------------
@@ -115,26 +117,30 @@ def test_relative_position_buckets():
     assert relative_position_buckets(mask, 1).tolist() == [[0, 0, -1, -1], [0, 0, 0, 0], [-1, -1, -1, -1]]
 
 
-def random_outputs(rows: int, length: int, seed: int) -> dict[str, torch.Tensor]:
+def random_outputs(rows: int, length: int, seed: int) -> StepOutput:
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(1, length + 1, (rows,), generator=g)
     mask = torch.arange(length)[None, :] < lengths[:, None]  # (rows, length)
-    return {
-        "entropy": torch.rand(rows, length, generator=g),
-        "surprisal": torch.rand(rows, length, generator=g) * 2,
-        "advantages": torch.randn(rows, 1, generator=g).round(decimals=1).expand(rows, length).clone(),
-        "weights": 1 + 0.5 * (torch.rand(rows, length, generator=g) > 0.8).float(),
-        "mask": mask,
-        "rewards": torch.tensor([1.0, float("nan")] * (rows // 2) + [0.0] * (rows % 2)),
-    }
+    return StepOutput(
+        loss=torch.tensor(0.0),
+        entropy=torch.rand(rows, length, generator=g),
+        surprisal=torch.rand(rows, length, generator=g) * 2,
+        advantages=torch.randn(rows, 1, generator=g).round(decimals=1).expand(rows, length).clone(),
+        weights=1 + 0.5 * (torch.rand(rows, length, generator=g) > 0.8).float(),
+        mask=mask,
+        rewards=torch.tensor([1.0, float("nan")] * (rows // 2) + [0.0] * (rows % 2)),
+    )
 
 
 def test_step_stats_are_token_weighted_over_ranks(monkeypatch):
     """Two ranks with very different token counts give exactly the statistics of the pooled batch."""
     rank0, rank1 = random_outputs(3, 20, seed=1), random_outputs(5, 4, seed=2)  # long vs short completions
     pad = lambda x: torch.nn.functional.pad(x, (0, 16))  # noqa: E731  rank 1 padded to T = 20
-    pooled = {k: torch.cat([rank0[k], pad(rank1[k]) if rank1[k].dim() == 2 else rank1[k]]) for k in rank0}
-    settings = dict(who="test", position_buckets=3, forking_entropy=0.5, rewards=True)
+    tokens = ("entropy", "surprisal", "advantages", "weights", "mask", "rewards")
+    pooled = StepOutput(loss=rank0.loss, **{k: torch.cat([getattr(rank0, k), pad(getattr(rank1, k))
+                                                          if getattr(rank1, k).dim() == 2 else getattr(rank1, k)])
+                                            for k in tokens})
+    settings = dict(position_buckets=3, forking_entropy=0.5, rewards=True)
 
     local: dict[int, torch.Tensor] = {}
 
@@ -158,21 +164,21 @@ def test_step_stats_are_token_weighted_over_ranks(monkeypatch):
     # and it is not the mean of the per-rank means
     per_rank = [step_stats(out, **settings)["entropy_mean"] for out in (rank0, rank1)]
     assert abs(sum(per_rank) / 2 - expected["entropy_mean"]) > 1e-3
-    assert expected["token_count"] == rank0["mask"].sum().item() + rank1["mask"].sum().item()
-    finite = pooled["rewards"][torch.isfinite(pooled["rewards"])]
+    assert expected["token_count"] == rank0.mask.sum().item() + rank1.mask.sum().item()
+    finite = pooled.rewards[torch.isfinite(pooled.rewards)]
     assert expected["reward_mean"] == pytest.approx(finite.mean().item())
 
 
 def test_reweight_term_is_what_the_weights_add():
     out = hand_outputs()
-    out["weights"] = torch.tensor([[1.0, 1.5, 7.0], [2.0, 1.0, 1.0]])  # padding's 7.0 must not count
-    got = step_stats(out, "test")
+    out.weights = torch.tensor([[1.0, 1.5, 7.0], [2.0, 1.0, 1.0]])  # padding's 7.0 must not count
+    got = step_stats(out)
     # token 2 (A=+1, H=2, s=3) gets w=1.5, token 3 (A=+1, H=0.5, s=2) gets w=2: extra 0.5 e^-3 + 1 * 1.5 e^-2
     assert got["entropy_change_pred_reweight"] == pytest.approx((0.5 * math.exp(-3) + 1.5 * math.exp(-2)) / 5)
     assert got["entropy_change_pred_pos_adv_high_surprisal"] == pytest.approx(
         (1.5 * math.exp(-3) + 2 * 1.5 * math.exp(-2)) / 5)
-    empty = dict(out, mask=torch.zeros(2, 3, dtype=torch.bool))
-    assert step_stats(empty, "test") == {}
+    empty = replace(out, mask=torch.zeros(2, 3, dtype=torch.bool))
+    assert step_stats(empty) == {}
 
 
 def test_which_tokens_were_reweighted_and_what_that_alone_predicts():
@@ -182,19 +188,19 @@ def test_which_tokens_were_reweighted_and_what_that_alone_predicts():
     3 of 5 valid tokens reweighted, 1 of those 3 above its entropy. The reweighting alone predicts
     sum A·(w − 1)·π(a)·(s − H) / 5 = (1·0.5·e^−0.5·(−0.5) + 1·0.5·e^−3·1 + (−2)·(−0.5)·e^−3·0) / 5."""
     out = hand_outputs()
-    out["weights"] = torch.tensor([[1.5, 1.5, 7.0], [1.0, 1.0, 0.5]])
+    out.weights = torch.tensor([[1.5, 1.5, 7.0], [1.0, 1.0, 0.5]])
     got = EntropyMonitor(quantiles=(0.5,), position_buckets=0, forking_entropy=None).compute(out)
     assert got["reweighted_share"] == pytest.approx(3 / 5)
     assert got["reweighted_above_entropy_share"] == pytest.approx(1 / 3)
     expected = (-0.25 * math.exp(-0.5) + 0.5 * math.exp(-3)) / 5
     assert got["entropy_change_pred_reweight"] == pytest.approx(expected)
     # moving only the token above its entropy: every reweighted token is above, and the prediction is > 0
-    out["weights"] = torch.tensor([[1.0, 1.5, 1.0], [1.0, 1.0, 1.0]])
-    got = step_stats(out, "test")
+    out.weights = torch.tensor([[1.0, 1.5, 1.0], [1.0, 1.0, 1.0]])
+    got = step_stats(out)
     assert (got["reweighted_share"], got["reweighted_above_entropy_share"]) == (pytest.approx(0.2), 1.0)
     assert got["entropy_change_pred_reweight"] == pytest.approx(0.5 * math.exp(-3) / 5) and expected < 0
     # nothing reweighted (GRPO, or STARE's gate closed): share 0, the share above H undefined
-    got = step_stats(hand_outputs(), "test")
+    got = step_stats(hand_outputs())
     assert got["reweighted_share"] == 0.0 and math.isnan(got["reweighted_above_entropy_share"])
     assert got["entropy_change_pred_reweight"] == 0.0
 

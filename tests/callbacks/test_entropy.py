@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,7 +23,7 @@ import torch
 from callbacks import EntropyCollapseAlert, EntropyMonitor
 from callbacks.entropy import quantile_name, quantiles
 from stare_lit.errors import ConfigError
-from tests.callbacks.scripted import ScriptedModule, fit, hand_outputs, read_metrics, scripted_outputs
+from tests.callbacks.scripted import ScriptedModule, fit, given, hand_outputs, read_metrics, scripted_outputs
 
 # --------------------------------------------------------------------------------------------
 # helpers
@@ -107,8 +108,8 @@ def test_monitor_hand_computed_values_direct_hook(padded_advantage):
     monitor = EntropyMonitor()
     module = RecordingModule()
     outputs = hand_outputs()
-    outputs["advantages"][0, 2] = padded_advantage
-    monitor.on_train_batch_end(fake_trainer(), module, outputs, None, 0)
+    outputs.advantages[0, 2] = padded_advantage
+    monitor.on_train_batch_end(fake_trainer(), module, given(outputs), None, 0)
     assert module.logged.keys() == HAND_EXPECTED.keys()
     for name, expected in HAND_EXPECTED.items():
         assert module.logged[name] == pytest.approx(expected, abs=1e-6, nan_ok=True), name
@@ -145,7 +146,7 @@ def test_monitor_log_every_n_steps_and_prefix(tmp_path):
     computed = []
     for batches_done in range(6):  # direct hook: computes only on every third batch
         module = RecordingModule()
-        monitor.on_train_batch_end(fake_trainer(batches_done=batches_done), module, hand_outputs(), None, 0)
+        monitor.on_train_batch_end(fake_trainer(batches_done=batches_done), module, given(hand_outputs()), None, 0)
         computed.append(bool(module.logged))
     assert computed == [False, False, True, False, False, True]
 
@@ -153,19 +154,18 @@ def test_monitor_log_every_n_steps_and_prefix(tmp_path):
 def test_monitor_skips_when_trainer_will_not_write_or_nothing_is_valid():
     monitor = EntropyMonitor()
     module = RecordingModule()
-    monitor.on_train_batch_end(fake_trainer(should_update_logs=False), module, hand_outputs(), None, 0)
+    monitor.on_train_batch_end(fake_trainer(should_update_logs=False), module, given(hand_outputs()), None, 0)
     assert module.logged == {}
     empty = hand_outputs()
-    empty["mask"] = torch.zeros(2, 3, dtype=torch.bool)
-    monitor.on_train_batch_end(fake_trainer(), module, empty, None, 0)
+    empty.mask = torch.zeros(2, 3, dtype=torch.bool)
+    monitor.on_train_batch_end(fake_trainer(), module, given(empty), None, 0)
     assert module.logged == {}
 
 
-def test_monitor_missing_key_names_it():
-    out = hand_outputs()
-    del out["surprisal"]
-    with pytest.raises(KeyError, match="surprisal"):
-        EntropyMonitor().compute(out)
+def test_monitor_without_the_step_names_it():
+    out = {"entropy": hand_outputs().entropy}  # a training_step that returns a dict of its own
+    with pytest.raises(TypeError, match="StepOutput"):
+        EntropyMonitor().on_train_batch_end(fake_trainer(), RecordingModule(), out, None, 0)
 
 
 def test_quantiles_large_path_matches_torch_quantile():
@@ -248,7 +248,7 @@ def test_alert_patience_resets_and_smoothing_delays(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for step, h in enumerate(trace, start=1):
-            alert.on_train_batch_end(fake_trainer(global_step=step), module, scripted_outputs(h), None, 0)
+            alert.on_train_batch_end(fake_trainer(global_step=step), module, given(scripted_outputs(h)), None, 0)
             if module.logged["entropy_alert/fired"] == 1.0 and not fired_at:
                 fired_at.append(step)
     assert fired_at == [6]
@@ -264,12 +264,12 @@ def test_alert_min_entropy_only_and_empty_or_nan_batches_are_skipped(tmp_path):
     alert = EntropyCollapseAlert(min_entropy=0.3, max_relative_drop=None, patience=2, collapse_actions=["warn"])
     module = RecordingModule()
     empty = scripted_outputs(0.1)
-    empty["mask"] = torch.zeros(2, 3, dtype=torch.bool)
+    empty.mask = torch.zeros(2, 3, dtype=torch.bool)
     nan = scripted_outputs(float("nan"))
     sequence = [scripted_outputs(0.2), empty, nan, scripted_outputs(0.2)]  # skipped ones don't reset
     with pytest.warns(UserWarning, match="step 4"):
         for step, out in enumerate(sequence, start=1):
-            alert.on_train_batch_end(fake_trainer(global_step=step), module, out, None, 0)
+            alert.on_train_batch_end(fake_trainer(global_step=step), module, given(out), None, 0)
     assert alert.fired_step == 4
     assert alert.threshold() == 0.3
 
@@ -280,9 +280,9 @@ def test_alert_checkpoint_dirpath_direct_hook(tmp_path):
                                  collapse_actions=["warn", "checkpoint", "stop"])
     trainer = fake_trainer(global_step=7, tmp_path=tmp_path / "logs")
     module = RecordingModule()
-    alert.on_train_batch_end(trainer, module, scripted_outputs(1.0), None, 0)
+    alert.on_train_batch_end(trainer, module, given(scripted_outputs(1.0)), None, 0)
     with pytest.warns(UserWarning, match="collapsed at step 7"):
-        alert.on_train_batch_end(trainer, module, scripted_outputs(0.1), None, 0)
+        alert.on_train_batch_end(trainer, module, given(scripted_outputs(0.1)), None, 0)
     assert trainer.saved == [str(target / "entropy-collapse-step7.ckpt")] and trainer.should_stop
     assert module.logged == {"entropy_alert/entropy_smoothed": pytest.approx(0.1),
                              "entropy_alert/threshold": 0.5, "entropy_alert/fired": 1.0,

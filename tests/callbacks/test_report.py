@@ -118,7 +118,7 @@ def test_report_shows_which_tokens_the_weights_moved(tmp_path):
     from tests.callbacks.scripted import hand_outputs
 
     moved = hand_outputs()
-    moved["weights"] = torch.tensor([[1.5, 1.5, 1.0], [1.0, 1.0, 0.5]])
+    moved.weights = torch.tensor([[1.5, 1.5, 1.0], [1.0, 1.0, 0.5]])
     report = EntropyReport(every_n_steps=0, dpi=30)
     fit(tmp_path, [moved] * 3 + [hand_outputs()], [report], logger=False)
     h = report.history

@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from stare_lit.commands.console import StepProgressBar, quiet_lightning, use_step_progress_bar
 from stare_lit.module import GRPOModule
 from stare_lit.rollout.base import Sampling
+from stare_lit.train.update import UpdateSettings
 from stare_lit.data.tasks.arithmetic import ArithmeticDataModule, ArithmeticReward
 
 MANUAL_OPT = ("Using ModelCheckpoint with manual optimization and every_n_train_steps, but no pre-optimization "
@@ -57,7 +58,8 @@ class Warns(Callback):
 @pytest.mark.slow
 def test_a_run_keeps_real_warnings_and_counts_steps(tiny_policy, tmp_path, recwarn):
     quiet_lightning()
-    module = GRPOModule(policy=tiny_policy, rewards=[ArithmeticReward()], group_size=2, updates_per_batch=2,
+    module = GRPOModule(policy=tiny_policy, rewards=[ArithmeticReward()], group_size=2,
+                        update=UpdateSettings(updates_per_batch=2),
                         sampling=Sampling(max_new_tokens=4), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
     data = ArithmeticDataModule(batch_size=2, num_train_prompts=8, num_val_prompts=2)
     user = Warns()

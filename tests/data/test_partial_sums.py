@@ -114,8 +114,8 @@ def test_trains_from_its_config_and_validates_with_pass_at_k(configs, sums_model
             "--trainer.max_steps", "3", "--trainer.default_root_dir", str(tmp_path),
             "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
             "--trainer.val_check_interval", "3", "--model.sampling.max_new_tokens", "8", "--model.group_size", "4",
-            "--model.val_samples", "4", "--data.init_args.batch_size", "4", "--data.init_args.num_val_prompts", "6",
-            "--data.init_args.num_train_prompts", "40"]
+            "--model.validation.samples", "4", "--data.init_args.batch_size", "4",
+            "--data.init_args.num_val_prompts", "6", "--data.init_args.num_train_prompts", "40"]
     cli = StareLitCLI(GRPOModule, L.LightningDataModule, subclass_mode_data=True, args=args)
     assert cli.trainer.global_step == 3
     metrics = pd.read_csv(next(tmp_path.rglob("metrics.csv")))

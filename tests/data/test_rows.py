@@ -55,9 +55,9 @@ def test_the_module_refuses_an_empty_prompt_before_generate(tiny_policy):
     module = GRPOModule(policy=tiny_policy, rewards=[ArithmeticReward()], group_size=2)
     module.configure_model()
     with pytest.raises(ConfigError, match=r"data: prompt 1 of a batch is empty or not text"):
-        module.rollout(["1+1=", ""], 2)
+        module.experience.sample(module.model, ["1+1=", ""], 2)
     with pytest.raises(ConfigError, match=r"prompt 0 of a batch"):
-        module.rollout([None], 2)
+        module.experience.sample(module.model, [None], 2)
 
 
 def test_python_callers_get_the_same_checks(tiny_policy):
@@ -71,5 +71,7 @@ def test_python_callers_get_the_same_checks(tiny_policy):
     with pytest.raises(ConfigError, match=r"model.optimizer: .* refuses its settings \(Invalid learning rate"):
         GRPOModule(policy=tiny_policy, rewards=[ArithmeticReward()],
                    optimizer=lambda params: torch.optim.SGD(params, lr=-0.1))
-    with pytest.raises(ConfigError, match=r"model.grad_clip must be > 0"):
-        GRPOModule(policy=tiny_policy, rewards=[ArithmeticReward()], grad_clip=-1.0)
+    from stare_lit.train.update import UpdateSettings
+
+    with pytest.raises(ConfigError, match=r"model.update.grad_clip must be > 0"):
+        GRPOModule(policy=tiny_policy, rewards=[ArithmeticReward()], update=UpdateSettings(grad_clip=-1.0))

@@ -10,12 +10,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import stare_lit.module as module_code
+import stare_lit.train.update as module_code
 from stare_lit.data.tasks.arithmetic import ArithmeticReward
 from stare_lit.module import GRPOModule
 from stare_lit.ops.advantages import group_advantages
 from stare_lit.ops.logprobs import chunk_for_vocab
 from stare_lit.rollout.base import Sampling
+from stare_lit.train.update import UpdateSettings
 
 G = 4
 REWARDS = torch.tensor([1., 0., 0., 1., 1., 1., 0., 1., 0., 1., 0., 0., 1., 0., 0., 1.])
@@ -42,14 +43,15 @@ def module_of(policy, **kwargs) -> GRPOModule:
 
 def learn_once(policy, **kwargs) -> tuple[float, dict]:
     module = module_of(policy, **kwargs)
-    rollout = module.rollout(["1+2=", "3+4=", "5+1=", "2+2="], G, seed=7)
+    rollout = module.experience.sample(module.model, ["1+2=", "3+4=", "5+1=", "2+2="], G, seed=7)
     _, stats = module.learn(rollout, group_advantages(REWARDS, G))
     return stats["loss"], {n: p.detach().clone() for n, p in module.model.named_parameters()}
 
 
 def test_default_changes_nothing_at_the_projects_vocabulary(tiny_policy):
     loss_default, weights_default = learn_once(tiny_policy)  # logprob_chunk_size=None: follows V = 16
-    loss_fixed, weights_fixed = learn_once(tiny_policy, logprob_chunk_size=1024)  # the earlier default
+    # the earlier default
+    loss_fixed, weights_fixed = learn_once(tiny_policy, update=UpdateSettings(logprob_chunk_size=1024))
     assert loss_default == loss_fixed
     assert all(torch.equal(weights_default[n], weights_fixed[n]) for n in weights_default)
 
@@ -65,8 +67,8 @@ def test_module_passes_the_vocabulary_chunk_unless_one_is_set(tiny_policy, monke
 
     monkeypatch.setattr(module_code, "model_logprobs_and_entropy", spy)
     for setting, expected in [(None, 55), (7, 7)]:
-        module = module_of(tiny_policy, logprob_chunk_size=setting)
-        rollout = module.rollout(["1+2="], G, seed=0)
+        module = module_of(tiny_policy, update=UpdateSettings(logprob_chunk_size=setting))
+        rollout = module.experience.sample(module.model, ["1+2="], G, seed=0)
         module.model.config.vocab_size = 151936  # the chunk is read from the config: a Qwen-size vocabulary
-        module.token_logprobs(module.model, rollout, slice(None))
+        module.updater.token_logprobs(module.model, rollout, slice(None))
         assert seen[-1] == expected

@@ -163,7 +163,7 @@ def test_module_default_and_yaml_choice(tiny_policy):
     from tests.helpers import ScriptedReward
 
     module = GRPOModule(policy=tiny_policy, rewards=[ScriptedReward()], sampling=Sampling(max_new_tokens=4))
-    assert isinstance(module.rollout_engine, FastRollout)
+    assert isinstance(module.experience.engine, FastRollout)
     parser = ArgumentParser()
     parser.add_class_arguments(GRPOModule, "model", sub_configs=True)
     cfg = parser.parse_object({"model": {

@@ -48,7 +48,7 @@ def learn_once(policy):
     module.optimizers = lambda: optimizer
     module.lr_schedulers = lambda: None
     module.manual_backward = lambda loss: loss.backward()
-    rollout = module.rollout(["1+2=", "31+4=", "5+1=", "2+22="], G, seed=3)  # sampled, seeded stream
+    rollout = module.experience.sample(module.model, ["1+2=", "31+4=", "5+1=", "2+22="], G, seed=3)  # seeded stream
     _, stats = module.learn(rollout, group_advantages(REWARDS, G))
     return rollout.completion_ids, stats["loss"]
 

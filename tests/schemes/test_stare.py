@@ -259,18 +259,20 @@ def _k(n: int, top_ratio: float = 0.3) -> int:
 def test_step_and_micro_batch_scope_agree_on_one_micro_batch(tiny_policy):
     """μ = 2 (an explicit old pass), one micro-batch: at the first update π_θ = π_old, so ranking the step by
     π_old (step) and the micro-batch by π_θ (micro_batch) pick the same sets: same ω, loss and update."""
+    from stare_lit.train.update import UpdateSettings
     from tests.live import assert_live, assert_same_update, live_module, step_once
 
-    step = step_once(live_module(tiny_policy, scheme=_stare("step"), updates_per_batch=2))
-    micro = step_once(live_module(tiny_policy, scheme=_stare("micro_batch"), updates_per_batch=2))
-    grpo = step_once(live_module(tiny_policy, updates_per_batch=2))
+    mu2 = UpdateSettings(updates_per_batch=2)
+    step = step_once(live_module(tiny_policy, scheme=_stare("step"), update=mu2))
+    micro = step_once(live_module(tiny_policy, scheme=_stare("micro_batch"), update=mu2))
+    grpo = step_once(live_module(tiny_policy, update=mu2))
     out = step.outputs
-    assert_live(out["rewards"], out["advantages"], out["mask"])
-    mask = out["mask"]
-    w = out["weights"][mask]
-    t_pos, t_neg = mask & (out["advantages"] > 0), mask & (out["advantages"] < 0)
+    assert_live(out.rewards, out.advantages, out.mask)
+    mask = out.mask
+    w = out.weights[mask]
+    t_pos, t_neg = mask & (out.advantages > 0), mask & (out.advantages < 0)
     assert (w == 2.0).sum() == _k(int(t_pos.sum())) and (w == 0.5).sum() == _k(int(t_neg.sum())) > 0
-    assert torch.equal(out["weights"], micro.outputs["weights"])
+    assert torch.equal(out.weights, micro.outputs.weights)
     assert step.stats["loss"] == pytest.approx(micro.stats["loss"], rel=1e-6)
     assert_same_update(step, micro)
     assert step.stats["loss"] != pytest.approx(grpo.stats["loss"], rel=1e-3)  # the weights changed the loss
@@ -279,16 +281,17 @@ def test_step_and_micro_batch_scope_agree_on_one_micro_batch(tiny_policy):
 def test_step_and_micro_batch_scope_differ_across_micro_batches(tiny_policy):
     """4 micro-batches of one group: step scope picks k = ⌈P·|T+|⌉ of the whole step, micro-batch scope
     ⌈P·|T+ of the micro-batch|⌉ in each — different sets, different losses."""
+    from stare_lit.train.update import UpdateSettings
     from tests.live import assert_live, live_module, step_once
 
-    step = step_once(live_module(tiny_policy, scheme=_stare("step"), micro_batch_size=4))
-    micro = step_once(live_module(tiny_policy, scheme=_stare("micro_batch"), micro_batch_size=4))
+    step = step_once(live_module(tiny_policy, scheme=_stare("step"), update=UpdateSettings(micro_batch_size=4)))
+    micro = step_once(live_module(tiny_policy, scheme=_stare("micro_batch"), update=UpdateSettings(micro_batch_size=4)))
     out = step.outputs
-    assert_live(out["rewards"], out["advantages"], out["mask"])
-    assert torch.equal(out["rewards"], micro.outputs["rewards"])  # the same rollout
-    t_pos = out["mask"] & (out["advantages"] > 0)
-    assert int((out["weights"][out["mask"]] == 2.0).sum()) == _k(int(t_pos.sum()))
+    assert_live(out.rewards, out.advantages, out.mask)
+    assert torch.equal(out.rewards, micro.outputs.rewards)  # the same rollout
+    t_pos = out.mask & (out.advantages > 0)
+    assert int((out.weights[out.mask] == 2.0).sum()) == _k(int(t_pos.sum()))
     per_micro = sum(_k(int(t_pos[i:i + 4].sum())) for i in range(0, len(t_pos), 4))
-    assert int((micro.outputs["weights"][out["mask"]] == 2.0).sum()) == per_micro
-    assert not torch.equal(out["weights"], micro.outputs["weights"])
+    assert int((micro.outputs.weights[out.mask] == 2.0).sum()) == per_micro
+    assert not torch.equal(out.weights, micro.outputs.weights)
     assert step.stats["grad_norm"] > 0 and step.stats["loss"] != pytest.approx(micro.stats["loss"], rel=1e-4)

@@ -37,6 +37,8 @@ from stare_lit.module import GRPOModule, LossSettings  # noqa: E402
 from stare_lit.train.policy import Policy  # noqa: E402
 from stare_lit.rewards.base import Reward  # noqa: E402
 from stare_lit.rollout.base import Rollout, Sampling  # noqa: E402
+from stare_lit.experience import ValidationSettings  # noqa: E402
+from stare_lit.train.step_log import StepOutput  # noqa: E402
 from stare_lit.train.strategy import AtomicModelParallelStrategy  # noqa: E402
 
 PROMPTS = [f"{a}+{b}=" for a, b in [(123, 456), (234, 567), (345, 678), (456, 789),
@@ -76,19 +78,23 @@ class SeededRollouts(GRPOModule):
 
     replayed: dict | None = None
 
-    def rollout(self, prompts, group_size, greedy=False, seed=None):  # seeds per prompt instead of per rollout
-        if not hasattr(self, "recorded"):
-            self.recorded = {}
-        parts = []
-        for p in prompts:
-            key = f"{self.global_step}:{p}"
-            if self.replayed is not None:
-                parts.append(self.replayed[key])  # a KeyError here: the run asked for a rollout never recorded
-                continue
-            torch.manual_seed(zlib.crc32(p.encode()) + 1000 * self.global_step)
-            parts.append(super().rollout([p], group_size, greedy))
-            self.recorded[key] = parts[-1]
-        return cat_rollouts(parts, self.tokenizer.pad_token_id)
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.recorded, sample = {}, self.experience.sample
+
+        def per_prompt(model, prompts, group_size, seed=None, greedy=False, sampling=None):  # seeds per prompt
+            parts = []
+            for p in prompts:
+                key = f"{self.global_step}:{p}"
+                if self.replayed is not None:
+                    parts.append(self.replayed[key])  # a KeyError here: the run asked for a rollout never recorded
+                    continue
+                torch.manual_seed(zlib.crc32(p.encode()) + 1000 * self.global_step)
+                parts.append(sample(model, [p], group_size, greedy=greedy, sampling=sampling))
+                self.recorded[key] = parts[-1]
+            return cat_rollouts(parts, self.tokenizer.pad_token_id)
+
+        self.experience.sample = per_prompt
 
 
 def save_rollouts(rollouts: dict, path: str) -> None:
@@ -123,14 +129,15 @@ class Record(Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         world = trainer.world_size
         m = trainer.callback_metrics
-        mask = outputs["mask"]
+        step = StepOutput.of(outputs)
+        mask = step.mask
         n_tokens = all_reduce_sum(mask.sum().float()).item()
-        reward = all_reduce_sum(outputs["rewards"].sum()).item() / all_reduce_sum(
-            torch.tensor(float(outputs["rewards"].numel()))).item()
+        reward = all_reduce_sum(step.rewards.sum()).item() / all_reduce_sum(
+            torch.tensor(float(step.rewards.numel()))).item()
         self.steps.append({
             "step": trainer.global_step,
             "logged_loss": float(m["train/loss"]),  # rank 0's share of the world loss (× world)
-            "world_loss": all_reduce_sum(outputs["loss"].float()).item() / world,
+            "world_loss": all_reduce_sum(step.loss.float()).item() / world,
             "grad_norm": float(m["train/grad_norm"]),
             "reward": reward,
             "tokens": n_tokens,
@@ -183,7 +190,8 @@ def make_module(model_dir: str, max_new_tokens: int, group_size: int, beta: floa
     policy = Policy(name_or_path=model_dir, fsdp_mixed_precision=mixed_precision)
     return SeededRollouts(policy=policy, rewards=[DigitShare()], group_size=group_size,
                           sampling=Sampling(max_new_tokens=max_new_tokens), loss=LossSettings(beta=beta),
-                          optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2), val_samples=1)
+                          optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2),
+                          validation=ValidationSettings(samples=1))
 
 
 def make_trainer(devices: int, steps: int, root: Path, record: Record, ckpt: Path | None) -> L.Trainer:

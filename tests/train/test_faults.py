@@ -17,11 +17,13 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 
 import stare_lit.module as module_file
+import stare_lit.train.update as update_file
 from stare_lit.train.checkpoint import AtomicCheckpointIO
 from stare_lit.errors import NonFiniteError
 from stare_lit.module import GRPOModule
 from stare_lit.rollout.base import Sampling
 from stare_lit.data.tasks.arithmetic import ArithmeticDataModule
+from stare_lit.train.update import UpdateSettings
 from tests.helpers import DigitShare
 
 pytestmark = pytest.mark.slow  # faults injected into Trainer fits of the GRPO module
@@ -109,14 +111,14 @@ def test_nonfinite_advantages_loss_or_gradients_skip_the_step(tiny_policy, tmp_p
 
         monkeypatch.setattr(module_file, "group_advantages", advantages)
     elif where == "loss":
-        real = module_file.policy_loss
+        real = update_file.policy_loss
 
         def loss(*args, **kwargs):
             calls["n"] += 1
             value, stats = real(*args, **kwargs)
             return (value * math.nan if calls["n"] == 2 else value), stats
 
-        monkeypatch.setattr(module_file, "policy_loss", loss)
+        monkeypatch.setattr(update_file, "policy_loss", loss)
 
     class NaNGradients(Callback):
         def on_train_start(self, trainer, module):
@@ -142,7 +144,7 @@ def test_too_many_in_a_row_stop_with_the_last_good_state(tiny_policy, tmp_path):
 
     # skip_inert_rows off: a batch of flat groups would otherwise run no forward with grad, the one NaNLogits poisons
     trainer, module = trainer_and_module(tiny_policy, tmp_path, steps=10, callbacks=[NaNLogits({2, 3, 4, 5}), Snapshot()],
-                                         max_nonfinite_steps=3, skip_inert_rows=False)
+                                         update=UpdateSettings(max_nonfinite_steps=3, skip_inert_rows=False))
     with pytest.raises(NonFiniteError, match="3 steps in a row had non-finite log-probs") as error:
         trainer.fit(module, data())
     path = tmp_path / "version_0" / "checkpoints" / "last-good-step=2.ckpt"

@@ -54,16 +54,16 @@ def test_the_frozen_base_is_the_reference(tiny_model_dir):
         for name, p in module.model.named_parameters():
             if ".lora_B." in name:
                 p.normal_()  # adapters that change the output
-    rollout = module.rollout(["12+34=", "5+6="], 4, seed=1)
-    ref = module.reference_pass(rollout)
+    rollout = module.experience.sample(module.model, ["12+34=", "5+6="], 4, seed=1)
+    ref = module.updater.reference_pass(module.model, module._ref_model[0], rollout)
     assert module.model.training  # back in train mode after the reference pass
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    expected, _ = module.token_logprobs(base, rollout, slice(None))
+    expected, _ = module.updater.token_logprobs(base, rollout, slice(None))
     mask = rollout.completion_mask
     assert torch.allclose(ref[mask], expected[mask], atol=1e-6)
     module.model.eval()
-    policy, _ = module.token_logprobs(module.model, rollout, slice(None))
+    policy, _ = module.updater.token_logprobs(module.model, rollout, slice(None))
     assert not torch.allclose(policy[mask], expected[mask], atol=1e-3)
 
 

@@ -35,7 +35,7 @@ def args(model: str, folder: Path, *extra: str) -> list[str]:
             "--trainer.max_steps", str(STEPS), "--trainer.val_check_interval", "2",
             "--trainer.enable_progress_bar", "false",
             "--model.rewards", '[{"class_path": "tests.helpers.DigitShare"}]', "--model.group_size", "4",
-            "--model.sampling.max_new_tokens", "8", "--model.val_samples", "2",
+            "--model.sampling.max_new_tokens", "8", "--model.validation.samples", "2",
             "--model.optimizer.init_args.lr", "3e-3",
             "--data.init_args.batch_size", "4", "--data.init_args.num_train_prompts", "12",
             "--data.init_args.num_val_prompts", "4", "--data.init_args.val_batch_size", "4", *extra]

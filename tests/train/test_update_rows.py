@@ -11,7 +11,7 @@ from stare_lit.ops.advantages import group_advantages
 from stare_lit.schemes.baselines import EntropyAdvantage, EntropyBonus, HighEntropyTokens, KLCov
 from stare_lit.module import GRPOModule
 from stare_lit.rollout.base import Sampling
-from stare_lit.train.update_rows import inert_rows, length_sorted_chunks, merge_rows, row_inputs
+from stare_lit.train.update import UpdateSettings, inert_rows, length_sorted_chunks, merge_rows, row_inputs
 from stare_lit.data.tasks.arithmetic import ArithmeticReward
 from stare_lit.schemes.base import GRPO, Compose
 from stare_lit.schemes.stare import STARE
@@ -30,7 +30,8 @@ def run(policy, skip: bool, scheme, **kwargs):
     (Adam's first step, lr·g/|g|, would blow a rounding difference in a near-zero gradient up to ±lr)."""
     torch.manual_seed(0)
     module = GRPOModule(policy=policy, rewards=[ArithmeticReward()], group_size=G, scheme=scheme,
-                        sampling=Sampling(max_new_tokens=8, temperature=0.9), skip_inert_rows=skip,
+                        sampling=Sampling(max_new_tokens=8, temperature=0.9),
+                        update=UpdateSettings(skip_inert_rows=skip, **kwargs.pop("update", {})),
                         optimizer=lambda params: torch.optim.SGD(params, lr=0.1), **kwargs)
     module.configure_model()
     optimizer = module.configure_optimizers()
@@ -39,17 +40,18 @@ def run(policy, skip: bool, scheme, **kwargs):
     module.manual_backward = lambda loss: loss.backward()
     grads, rows_forwarded = [], []
 
-    def step(opt):
+    def step(model, opt):
         grads.append({n: p.grad.clone() for n, p in module.model.named_parameters()})
         opt.step()
         opt.zero_grad(set_to_none=True)
         grads[-1] = {**grads[-1], **{f"after_step/{n}": p.detach().clone() for n, p in module.model.named_parameters()}}
         return 0.0
 
-    module.clip_and_step = step
-    forward = module.token_logprobs
-    module.token_logprobs = lambda model, rollout, rows: (rows_forwarded.append(rows), forward(model, rollout, rows))[1]
-    rollout = module.rollout(["1+2=", "3+4=", "5+1=", "2+2="], G, seed=7)
+    module.updater.clip_and_step = step
+    forward = module.updater.token_logprobs
+    module.updater.token_logprobs = lambda model, rollout, rows: (rows_forwarded.append(rows),
+                                                                  forward(model, rollout, rows))[1]
+    rollout = module.experience.sample(module.model, ["1+2=", "3+4=", "5+1=", "2+2="], G, seed=7)
     keep = ~torch.isnan(REWARDS)
     rollout = replace(rollout, completion_mask=rollout.completion_mask & keep[:, None])
     tokens, stats = module.learn(rollout, group_advantages(REWARDS, G))
@@ -70,7 +72,8 @@ SCHEMES = {
     "steer": lambda: STEER(mapping="linear", w_max=1.2), "80/20": lambda: HighEntropyTokens(0.5),
     "entropy-advantage": EntropyAdvantage, "compose": lambda: Compose([EntropyAdvantage(), STARE(target_entropy=100.0)]),
 }
-SETTINGS = {"fused": {}, "micro-batches": {"micro_batch_size": 4}, "mu=2": {"updates_per_batch": 2}}
+SETTINGS = {"fused": {}, "micro-batches": {"update": {"micro_batch_size": 4}},
+            "mu=2": {"update": {"updates_per_batch": 2}}}
 
 
 CASES = [(name, "fused") for name in SCHEMES] + [(name, setting) for name in ("stare", "stare-c2-step", "stare-above", "stare-above-c2-step", "80/20")
@@ -129,8 +132,8 @@ def test_skipped_rows_get_only_a_no_grad_forward(tiny_policy):
 
 def test_every_row_skipped_still_steps_the_optimizer_as_with_a_zero_gradient(tiny_policy, monkeypatch):
     monkeypatch.setattr("tests.train.test_update_rows.REWARDS", torch.ones(16))
-    loss_all, grads_all, _, _, _ = run(tiny_policy, False, GRPO(), micro_batch_size=8)
-    loss, grads, _, stats, forwarded = run(tiny_policy, True, GRPO(), micro_batch_size=8)
+    loss_all, grads_all, _, _, _ = run(tiny_policy, False, GRPO(), update={"micro_batch_size": 8})
+    loss, grads, _, stats, forwarded = run(tiny_policy, True, GRPO(), update={"micro_batch_size": 8})
     assert stats["rows_skipped"] == 1.0 and loss == loss_all == 0.0
     assert all(torch.equal(grads[0][n], grads_all[0][n]) for n in grads_all[0])  # zeros, not None
     assert all(not isinstance(rows, slice) for rows in forwarded)  # only the no-grad old pass
@@ -180,7 +183,7 @@ def test_trained_tokens_count_only_the_rows_forwarded_with_grad(tiny_policy):
 
 def test_merge_rows_takes_the_base_dtype_and_keeps_the_gradient():
     """bf16-true: the forwarded rows come back in bf16 while π_old's values are float32."""
-    from stare_lit.train.update_rows import merge_rows
+    from stare_lit.train.update import merge_rows
 
     base = torch.zeros(3, 2)
     values = torch.tensor([[1.5, -2.0]], dtype=torch.bfloat16, requires_grad=True)

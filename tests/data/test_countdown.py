@@ -276,7 +276,7 @@ def test_fits_two_steps_from_its_config_and_logs_the_mechanism(countdown_model_d
             "--model.policy.name_or_path", countdown_model_dir, "--trainer.max_steps", "2",
             "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
             "--trainer.enable_progress_bar", "false", "--trainer.val_check_interval", "2",
-            "--model.sampling.max_new_tokens", "8", "--model.group_size", "4", "--model.val_samples", "4",
+            "--model.sampling.max_new_tokens", "8", "--model.group_size", "4", "--model.validation.samples", "4",
             "--data.init_args.batch_size", "4", "--data.init_args.num_val_prompts", "6",
             "--data.init_args.num_train_prompts", "40"]
     cli = StareLitCLI(GRPOModule, L.LightningDataModule, subclass_mode_data=True, args=args)

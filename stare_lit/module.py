@@ -291,8 +291,9 @@ class GRPOModule(L.LightningModule):
                     self.val_metrics[key.replace("@", "_at_")].update(value)
 
     def on_validation_epoch_end(self) -> None:
-        """val/mean@k, val/pass@j (unbiased, every j = 1 … k; stare_lit.ops.metrics) and
-        val/distinct_correct (distinct correct completions per prompt), means over the held-out prompts."""
+        """val/mean@k, val/pass@j (unbiased, every j = 1 … k; stare_lit.ops.metrics), val/never_solved (no
+        correct sample in k) and val/distinct_correct (distinct correct completions per prompt), means over
+        the held-out prompts."""
         k = self.validation.samples
         for name, metric in self.val_metrics.items():
             key = name.replace("_at_", "@")

@@ -108,16 +108,18 @@ def is_valid(numbers: Sequence[int], target: int, completion: str, operators: st
 
 def _canonical_steps(values: tuple[int, ...], operators: str):
     """Every (i, j, op, result) step on ``values`` whose result is a non-negative integer, larger operand first
-    (the form the warm start writes: ``7*3`` not ``3*7``; the verifier accepts both)."""
+    (the form the warm start writes: ``7*3`` not ``3*7``; the verifier accepts both). Integer arithmetic is
+    exact here: a >= b >= 0, and ÷ only where it divides."""
     for i in range(len(values)):
         for j in range(len(values)):
             a, b = values[i], values[j]
             if i == j or a < b or (a == b and i > j):
                 continue
             for op in operators:
-                value = combine(Fraction(a), op, Fraction(b))
-                if value is not None and value >= 0 and value.denominator == 1:
-                    yield i, j, op, int(value)
+                if op != "/":
+                    yield i, j, op, a + b if op == "+" else a - b if op == "-" else a * b
+                elif b != 0 and a % b == 0:
+                    yield i, j, op, a // b
 
 
 @lru_cache(maxsize=4096)

@@ -4,9 +4,11 @@
     stare-lit compare --schemes '[configs/schemes/grpo.yaml, configs/schemes/stare_c2.yaml]' --seeds '[0]'
 
 Each run is ``stare-lit fit --config BASE --config SCHEME`` in its own process (a crash or a
-leak in one run cannot touch another) writing to OUT/<scheme>/seed<k>/; a finished run is not
-repeated, so an interrupted comparison picks up where it stopped. While they run, the console says
-every 15 s where each run is (step, entropy now, time left; ``compare_progress``). Then it writes
+leak in one run cannot touch another) writing to OUT/<scheme>/seed<k>/. A SIGTERM or Ctrl-C stops
+every run at the end of its step with a ``last.ckpt``, and compare exits 128 + the signal with the
+command that resumes: run again, it keeps the finished runs and resumes the others (``compare_runs``).
+While they run, the console says every 15 s where each run is (step, entropy now, time left;
+``compare_progress``). Then it writes
 OUT/summary.md (the table, headed in words), OUT/summary.csv and OUT/runs.csv (the same by column
 key), OUT/curves.png (entropy, reward and validation accuracy against step, one line per scheme,
 mean over seeds), OUT/pass_at_k.png and OUT/pass_at_k.csv (pass@k for every k at the last
@@ -15,11 +17,12 @@ validation, per scheme), and prints a short verdict: one line per scheme, then t
 
 from __future__ import annotations
 
+import json
 import math
 import os
-import subprocess
+import shlex
+import signal
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,52 +32,13 @@ from stare_lit.commands.cli import check_fit
 from stare_lit.commands.inputs import check_count, check_file, check_output_dir, check_seed
 from stare_lit.errors import check
 from stare_lit.commands.compare_progress import ProgressWatcher
+from stare_lit.commands.compare_runs import Runs, fit_arguments, run_name, run_one
 
 DEFAULT_SCHEMES = ["configs/schemes/grpo.yaml", "configs/schemes/stare.yaml", "configs/schemes/steer.yaml",
                    "configs/schemes/erpo.yaml"]
 
 
 PROGRESS_EVERY_S = 15.0  # how often the console says where each run is
-FLUSH_EVERY_STEPS = 10  # the runs' CSV logger writes metrics.csv this often, for the progress lines
-
-
-def fit_arguments(base: str, scheme: str, seed: int, max_steps: int, out: Path, extra: list[str]) -> list[str]:
-    """The ``stare-lit fit`` settings of one scheme × seed, writing to ``out``."""
-    return ["--config", base, "--config", scheme, "--seed_everything", str(seed), "--trainer.max_steps", str(max_steps),
-            "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
-            "--trainer.logger.init_args.version", "run", "--trainer.enable_progress_bar", "false",
-            "--trainer.logger.init_args.flush_logs_every_n_steps", str(FLUSH_EVERY_STEPS), *extra]
-
-
-def run_one(base: str, scheme: str, seed: int, max_steps: int, out: Path, extra: list[str], threads: int,
-            watch: ProgressWatcher | None = None) -> float:
-    """Train one scheme × seed unless already done; returns the wall time in seconds."""
-    done = out / "wall_time_s.txt"
-    name = run_name(scheme, seed)
-    if done.exists():
-        if watch is not None:
-            watch.done(name, float(done.read_text()), earlier=True)
-        return float(done.read_text())
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "stare_lit.commands.cli", "fit", *fit_arguments(base, scheme, seed, max_steps, out, extra)]
-    if watch is not None:
-        watch.start(name, out / "log.txt")
-    start = time.perf_counter()
-    with open(out / "log.txt", "w") as log:
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-    if code != 0:
-        raise RuntimeError(f"compare: {scheme} seed {seed} failed (exit {code}); see {out / 'log.txt'}")
-    wall = time.perf_counter() - start
-    done.write_text(f"{wall:.1f}")
-    if watch is not None:
-        watch.done(name, wall)
-    return wall
-
-
-def run_name(scheme: str, seed: int) -> str:
-    """A run as the console and the tables name it: the overlay's file name and the seed."""
-    return f"{Path(scheme).stem} seed {seed}"
 
 
 def steps_until_halved(entropy: pd.Series, window: int = 10) -> float:
@@ -129,12 +93,15 @@ def summarise_run(metrics_csv: Path, max_steps: int | None = None) -> tuple[dict
         row["all_wrong_start"], _, row["all_wrong_end"] = window_means(all_wrong)
     if val_cols:
         k = int(val_cols[0].split("@")[1])
-        final = val.iloc[-1]
-        row |= {"mean@k_final": final[val_cols[0]], "mean@k_best": val[val_cols[0]].max(),
-                "pass@1_final": final.get("val/pass@1", math.nan), "pass@k_final": final[f"val/pass@{k}"],
-                "distinct_correct_final": final.get("val/distinct_correct", math.nan),
-                "never_solved_final": final.get("val/never_solved", math.nan), "val_k": k,
-                "val_step": float(final.name)}
+        pass_k = max(int(c.split("@")[1]) for c in val.columns if c.startswith("val/pass@"))
+        final, mean_at_k = val.iloc[-1], val[val_cols[0]].dropna()
+        row |= {"mean@k_final": final[val_cols[0]], "mean@k_best": mean_at_k.max(),
+                "mean@k_last3": mean_at_k.iloc[-3:].mean(),
+                "mean@k_peak_step": float(mean_at_k.idxmax() + 1),  # the validation after step s is logged at s − 1
+                "pass@1_final": final.get("val/pass@1", math.nan), "pass@k_final": final[f"val/pass@{pass_k}"],
+                "never_solved_final": final.get("val/never_solved", math.nan),
+                "distinct_correct_final": final.get("val/distinct_correct", math.nan), "val_k": k, "pass_k": pass_k,
+                "validations": len(mean_at_k), "val_step": float(final.name)}
     curves = pd.DataFrame({"entropy": entropy, "reward": train["train/reward"]})
     if fork is not None:
         curves["fork_entropy"] = fork
@@ -175,8 +142,9 @@ def final_pass_at_k(metrics_csv: Path, max_steps: int | None = None) -> pd.Serie
     return pd.Series({k: float(last[c]) for k, c in cols}, name="pass@k")
 
 
-def column_words(k: int) -> dict[str, str]:
-    """The summary table's headers, in words, for validation with k samples per prompt."""
+def column_words(k: int, pass_k: int) -> dict[str, str]:
+    """The summary table's headers, in words, for validation with k samples per prompt and pass@k logged up to
+    ``pass_k``."""
     return {
         "entropy_start": "entropy start", "entropy_middle": "entropy middle", "entropy_end": "entropy end",
         "steps_to_half_entropy": "steps to half the start entropy (per seed)", "fork_entropy_start": "fork entropy start",
@@ -185,24 +153,28 @@ def column_words(k: int) -> dict[str, str]:
         "reweighted_above_entropy_share": "reweighted tokens above their entropy",
         "reweight_entropy_change": "predicted ΔH of the reweighting", "reward_start": "train reward start",
         "reward_end": "train reward end", "completion_length": "completion tokens",
-        "mean@k_final": f"val mean@{k}", "mean@k_best": f"best val mean@{k}", "pass@1_final": "val pass@1",
-        "pass@k_final": f"val pass@{k}", "distinct_correct_final": "distinct correct per prompt",
+        "mean@k_final": f"val mean@{k}", "mean@k_best": f"best val mean@{k}",
+        "mean@k_last3": f"val mean@{k} over the last 3 validations",
+        "mean@k_peak_step": f"best val mean@{k} after step (per seed)", "pass@1_final": "val pass@1",
+        "pass@k_final": f"val pass@{pass_k}", "never_solved_final": "val prompts never solved",
+        "distinct_correct_final": "distinct correct per prompt",
         "all_wrong_start": "train groups all wrong start", "all_wrong_end": "train groups all wrong end",
-        "never_solved_final": f"val prompts never solved in {k}",
         "wall_time_s": "wall time (s)",
     }
 
 
-PERCENT = ("fork_share_end", "reweighted_share", "reweighted_above_entropy_share", "all_wrong_start", "all_wrong_end",
-           "never_solved_final")  # shown as percentages
+PERCENT = ("fork_share_end", "reweighted_share", "reweighted_above_entropy_share", "never_solved_final",
+           "all_wrong_start", "all_wrong_end")  # shown as percentages
 SPREAD = ("entropy_end", "fork_entropy_end", "reweighted_above_entropy_share", "mean@k_final", "mean@k_best",
-          "pass@1_final", "pass@k_final", "distinct_correct_final", "never_solved_final")  # ± std over seeds
+          "mean@k_last3", "pass@1_final", "pass@k_final", "never_solved_final", "distinct_correct_final")
+PER_SEED = ("steps_to_half_entropy", "mean@k_peak_step")  # shown seed by seed: a mean hides a seed that differs  # shown with ± std over seeds
 
 
 def format_table(runs: pd.DataFrame) -> pd.DataFrame:
     """The summary table as text, one row per scheme: means over seeds, ± std on the columns that decide,
     percentages for shares, the predicted ΔH in two significant digits, steps to half the entropy per seed."""
-    numeric = runs.drop(columns=["seed", "val_k", "val_step"], errors="ignore").groupby("scheme", sort=False)
+    numeric = runs.drop(columns=["seed", "val_k", "pass_k", "validations", "val_step"], errors="ignore").groupby(
+        "scheme", sort=False)
     mean, std = numeric.mean(), numeric.std()  # std is NaN for a scheme with one seed: no ± then
 
     def cell(col: str, m: float, sd: float) -> str:
@@ -220,22 +192,35 @@ def format_table(runs: pd.DataFrame) -> pd.DataFrame:
 
     table = pd.DataFrame({col: [cell(col, m, sd) for m, sd in zip(mean[col], std[col])] for col in mean.columns},
                          index=mean.index)
-    if "steps_to_half_entropy" in runs:  # per seed: a mean hides a seed that never halved
-        table["steps_to_half_entropy"] = [", ".join("never" if math.isnan(v) else f"{v:.0f}" for v in group)
-                                          for _, group in runs.groupby("scheme", sort=False)["steps_to_half_entropy"]]
+    for col in (c for c in PER_SEED if c in runs):  # "never": the entropy never halved
+        table[col] = [per_seed(group) for _, group in runs.groupby("scheme", sort=False)[col]]
     return table
 
 
+def per_seed(steps: pd.Series) -> str:
+    """Steps seed by seed, "never" for a NaN: 101, never, 87."""
+    return ", ".join("never" if math.isnan(v) else f"{v:.0f}" for v in steps)
+
+
 def verdict(runs: pd.DataFrame) -> list[str]:
-    """One line per scheme a newcomer can read without the table (means over seeds)."""
+    """One line per scheme a newcomer can read without the table (means over seeds) and, where every seed
+    validated several times, a second: val mean@k over the last three validations, and after which step it
+    was best, seed by seed."""
     lines = []
     for scheme, group in runs.groupby("scheme", sort=False):
         m = group.mean(numeric_only=True)
         line = f"{scheme}: entropy {m['entropy_start']:.3f} → {m['entropy_end']:.3f} nats"
         if "pass@k_final" in m:
             line += (f", {m['distinct_correct_final']:.2f} distinct correct solutions per prompt, "
-                     f"pass@1 {m['pass@1_final']:.3f}, pass@{int(m['val_k'])} {m['pass@k_final']:.3f}")
+                     f"pass@1 {m['pass@1_final']:.3f}, pass@{int(m['pass_k'])} {m['pass@k_final']:.3f}")
+            if not math.isnan(m.get("never_solved_final", math.nan)):
+                line += f", {100 * m['never_solved_final']:.1f}% of prompts never solved"
         lines.append(line + (f" (mean of {len(group)} seeds)" if len(group) > 1 else ""))
+        if "validations" in m and group["validations"].min() > 1:  # several validations: how they went
+            lines.append(f"  val mean@{int(m['val_k'])} {m['mean@k_last3']:.3f} over the last "
+                         f"{min(3, int(group['validations'].min()))} validations, "
+                         f"best after step {per_seed(group['mean@k_peak_step'])}"
+                         + (" (per seed)" if len(group) > 1 else ""))
     return lines
 
 
@@ -342,8 +327,9 @@ def write_summary(out: Path, jobs: list[tuple[str, int]], walls: list[float], se
     runs.to_csv(out / "runs.csv", index=False)
     runs.drop(columns=["seed"]).groupby("scheme", sort=False).mean().to_csv(out / "summary.csv")
     k = int(runs["val_k"].iloc[0]) if "val_k" in runs else 0
+    pass_k = int(runs["pass_k"].iloc[0]) if "pass_k" in runs else 0
     table = format_table(runs)
-    table = table.rename(columns=column_words(k))
+    table = table.rename(columns=column_words(k, pass_k))
     (out / "summary.md").write_text(
         f"{len(seeds)} seed(s) × {max_steps} steps, base {base}; mean over seeds (± std). Start, middle and end: means "
         f"over the first, middle and last 10% of the steps; validation: the last one ({k} samples per prompt)\n\n"
@@ -394,10 +380,26 @@ def compare(
                             every=PROGRESS_EVERY_S)
     print(f"compare: {len(grid)} runs of {max_steps} steps, {jobs} at a time; each run's console goes to its log.txt",
           flush=True)
-    with watch, ThreadPoolExecutor(max_workers=jobs) as pool:  # threads only wait on the subprocesses
+    runs = Runs()
+    with runs.handling_signals(), watch, ThreadPoolExecutor(max_workers=jobs) as pool:  # threads wait on processes
         walls = list(pool.map(lambda job: run_one(base, job[0], job[1], max_steps, run_dir(*job), extra_args,
-                                                  threads, watch), grid))
+                                                  threads, runs, watch), grid))
+    if runs.signum is not None and None in walls:
+        name = signal.Signals(runs.signum).name
+        print(f"compare: stopped by {name}: {walls.count(None)} of {len(grid)} runs unfinished (each resumes from "
+              f"its last.ckpt, or starts again if it saved none); nothing summarised\n"
+              f"to resume: {resume_command(schemes, seeds, base, max_steps, out_dir, extra_args, jobs)}",
+              file=sys.stderr, flush=True)
+        sys.exit(128 + runs.signum)
     lines = write_summary(out, grid, walls, seeds, max_steps, base)
     print("\nVerdict (seed mean where several; entropy: first → last 10% of steps; the rest at the last validation):")
     print("\n".join(lines))
     return out
+
+
+def resume_command(schemes: list[str], seeds: list[int], base: str, max_steps: int, out_dir: str,
+                   extra_args: list[str], jobs: int) -> str:
+    """The command that runs the same comparison again, every setting spelt out (a shell line)."""
+    settings = {"schemes": json.dumps(schemes), "seeds": json.dumps(seeds), "base": base, "max_steps": max_steps,
+                "out_dir": out_dir, "extra_args": json.dumps(extra_args), "jobs": jobs}
+    return shlex.join(["stare-lit", "compare", *(x for key, value in settings.items() for x in (f"--{key}", str(value)))])

@@ -131,7 +131,7 @@ def test_skipped_rows_get_only_a_no_grad_forward(tiny_policy):
 
 
 def test_every_row_skipped_still_steps_the_optimizer_as_with_a_zero_gradient(tiny_policy, monkeypatch):
-    monkeypatch.setattr("tests.train.test_update_rows.REWARDS", torch.ones(16))
+    monkeypatch.setattr("tests.train.test_update.REWARDS", torch.ones(16))
     loss_all, grads_all, _, _, _ = run(tiny_policy, False, GRPO(), update={"micro_batch_size": 8})
     loss, grads, _, stats, forwarded = run(tiny_policy, True, GRPO(), update={"micro_batch_size": 8})
     assert stats["rows_skipped"] == 1.0 and loss == loss_all == 0.0

@@ -211,6 +211,7 @@ class GRPOModule(L.LightningModule):
         a = self.advantage_settings
         advantages = group_advantages(rewards, G, a.scale, a.eps)  # (N,)
         flat = equal_groups(rewards, G)  # (P,)
+        correct = judge(scored, self.validation.accuracy_reward)[0].view(-1, G)  # (P, G), as validation counts
         keep = ~torch.isnan(rewards)  # (N,)
         if a.dynamic_sampling:
             keep &= ~flat.repeat_interleave(G)
@@ -220,7 +221,7 @@ class GRPOModule(L.LightningModule):
         tokens, stats = self.learn(rollout_kept, advantages)
         self.nonfinite_in_a_row = 0
         t3 = time.perf_counter()
-        self.log_step(rollout, rollout_kept, scored, flat, tokens, stats, times=(t1 - t0, t2 - t1, t3 - t2))
+        self.log_step(rollout, rollout_kept, scored, flat, correct, tokens, stats, times=(t1 - t0, t2 - t1, t3 - t2))
         return StepOutput(loss=torch.tensor(stats.get("loss", 0.0)), entropy=tokens.entropy,
                           surprisal=-tokens.old_logprobs, advantages=tokens.advantages, weights=tokens.weights,
                           mask=tokens.mask, rewards=rewards.detach())
@@ -254,11 +255,11 @@ class GRPOModule(L.LightningModule):
         self.log_dict(self.step_keys.fill(counts), on_step=True, on_epoch=False, batch_size=rows)
         return skipped_step_outputs(rows, self.device)
 
-    def log_step(self, generated: Rollout, kept: Rollout, scored: ScoredBatch, flat: Tensor, tokens: Tokens,
-                 stats: dict, times: tuple[float, float, float]) -> None:
+    def log_step(self, generated: Rollout, kept: Rollout, scored: ScoredBatch, flat: Tensor, correct: Tensor,
+                 tokens: Tokens, stats: dict, times: tuple[float, float, float]) -> None:
         """Log the step (stare_lit.train.step_log.step_metrics), the scheme's metrics and the progress bar."""
-        metrics = step_metrics(generated, kept.completion_mask, scored, flat, tokens.entropy, tokens.old_logprobs,
-                               stats, times)
+        metrics = step_metrics(generated, kept.completion_mask, scored, flat, correct, tokens.entropy,
+                               tokens.old_logprobs, stats, times)
         metrics |= {"train/nonfinite_skipped": 0.0, "train/nonfinite_steps": float(self.nonfinite_steps),
                     "train/lr": self.optimizers().param_groups[0]["lr"]}
         if self.peak_flops:  # 6·N·D: forward + backward of every trained token, per optimizer step
@@ -290,8 +291,9 @@ class GRPOModule(L.LightningModule):
                     self.val_metrics[key.replace("@", "_at_")].update(value)
 
     def on_validation_epoch_end(self) -> None:
-        """val/mean@k, val/pass@j (unbiased, every j = 1 … k; stare_lit.ops.metrics) and
-        val/distinct_correct (distinct correct completions per prompt), means over the held-out prompts."""
+        """val/mean@k, val/pass@j (unbiased, every j = 1 … k; stare_lit.ops.metrics), val/never_solved (no
+        correct sample in k) and val/distinct_correct (distinct correct completions per prompt), means over
+        the held-out prompts."""
         k = self.validation.samples
         for name, metric in self.val_metrics.items():
             key = name.replace("_at_", "@")

@@ -96,7 +96,7 @@ def step_once(module: GRPOModule, prompts: list[str] = PROMPTS, steps: int = 1) 
 
     module.updater.clip_and_step = recorded_step
     module.scheme.extra_loss = recorded_extra
-    module.log_step = lambda generated, kept, scored, flat, tokens, step_stats, times: history.append(step_stats)
+    module.log_step = lambda generated, kept, scored, flat, correct, tokens, step_stats, times: history.append(step_stats)
     outputs = None
     for _ in range(steps):
         outputs = module.train_on({"prompt": list(prompts)})

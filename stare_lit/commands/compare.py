@@ -88,6 +88,9 @@ def summarise_run(metrics_csv: Path, max_steps: int | None = None) -> tuple[dict
         "reward_end": train["train/reward"].iloc[-third:].mean(),
         "completion_length": train["train/completion_length"].mean(),
     }
+    all_wrong = train.get("train/all_wrong_groups")  # prompts whose G samples are all wrong: no gradient
+    if all_wrong is not None:
+        row["all_wrong_start"], _, row["all_wrong_end"] = window_means(all_wrong)
     if val_cols:
         k = int(val_cols[0].split("@")[1])
         pass_k = max(int(c.split("@")[1]) for c in val.columns if c.startswith("val/pass@"))
@@ -102,8 +105,11 @@ def summarise_run(metrics_csv: Path, max_steps: int | None = None) -> tuple[dict
     curves = pd.DataFrame({"entropy": entropy, "reward": train["train/reward"]})
     if fork is not None:
         curves["fork_entropy"] = fork
+    if all_wrong is not None:
+        curves["all_wrong_groups"] = all_wrong
     if val_cols:
-        keep = {val_cols[0]: "val_mean@k", "val/distinct_correct": "val_distinct_correct"}
+        keep = {val_cols[0]: "val_mean@k", "val/distinct_correct": "val_distinct_correct",
+                "val/never_solved": "val_never_solved"}
         curves = curves.join(val[[c for c in keep if c in val]].rename(columns=keep), how="outer")
     return row, curves
 
@@ -152,11 +158,13 @@ def column_words(k: int, pass_k: int) -> dict[str, str]:
         "mean@k_peak_step": f"best val mean@{k} after step (per seed)", "pass@1_final": "val pass@1",
         "pass@k_final": f"val pass@{pass_k}", "never_solved_final": "val prompts never solved",
         "distinct_correct_final": "distinct correct per prompt",
+        "all_wrong_start": "train groups all wrong start", "all_wrong_end": "train groups all wrong end",
         "wall_time_s": "wall time (s)",
     }
 
 
-PERCENT = ("fork_share_end", "reweighted_share", "reweighted_above_entropy_share", "never_solved_final")  # shown as percentages
+PERCENT = ("fork_share_end", "reweighted_share", "reweighted_above_entropy_share", "never_solved_final",
+           "all_wrong_start", "all_wrong_end")  # shown as percentages
 SPREAD = ("entropy_end", "fork_entropy_end", "reweighted_above_entropy_share", "mean@k_final", "mean@k_best",
           "mean@k_last3", "pass@1_final", "pass@k_final", "never_solved_final", "distinct_correct_final")
 PER_SEED = ("steps_to_half_entropy", "mean@k_peak_step")  # shown seed by seed: a mean hides a seed that differs  # shown with ± std over seeds
@@ -233,7 +241,9 @@ def plot(curves: dict[str, pd.DataFrame], path: Path) -> None:
     panels = [("entropy", 10, "token entropy (10-step mean)"),
               ("fork_entropy", 10, "entropy at forking positions (10-step mean)"),
               ("reward", 10, "train reward (10-step mean)"), ("val_mean@k", 1, "validation mean@k (accuracy)"),
-              ("val_distinct_correct", 1, "validation: distinct correct per prompt")]
+              ("val_distinct_correct", 1, "validation: distinct correct per prompt"),
+              ("all_wrong_groups", 10, "train groups all wrong (10-step mean)"),
+              ("val_never_solved", 1, "validation: prompts never solved in k")]
     panels = [p for p in panels if any(p[0] in c for c in curves.values())]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     for name, c in curves.items():

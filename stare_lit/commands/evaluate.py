@@ -17,8 +17,9 @@ identical files.
 
 Writes, under ``out_dir``: ``results.jsonl`` (one line per prompt: prompt, completions, scores per
 reward and total, correct, lengths, truncated, the data's other columns), ``summary.md`` and
-``summary.csv`` (mean@n, unbiased pass@k for k = 1, 2, 4, …, n, distinct correct completions, mean
-length, truncation).
+``summary.csv`` (mean@n, unbiased pass@k for k = 1, 2, 4, …, n, the share of prompts never solved in n,
+distinct correct completions, mean length, truncation). pass@k to k = 64 of a run against its warm start:
+``--n 64`` with ``--ckpt_path`` and with ``--model`` (docs/tasks.md, Countdown).
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def evaluate(
                 "split": split, "seed": seed, **{k: v for k, v in vars(experience.sampling).items() if k != "seed"}}
     out = write_results(Path(out_dir), rows, summary, settings)
     print(f"evaluated {len(rows)} prompts x {n} samples in {time.perf_counter() - start:.0f}s: "
-          + ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if k.startswith(("mean@", "pass@"))))
+          + ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if k.startswith(("mean@", "pass@", "never_solved"))))
     print(f"  results: {out / 'results.jsonl'}\n  summary: {out / 'summary.md'}, {out / 'summary.csv'}")
     return out
 
@@ -281,6 +282,7 @@ def write_results(out: Path, rows: list[dict], summary: dict[str, float], settin
     lines = ["# stare-lit evaluate", "", *(f"- {k}: {v}" for k, v in settings.items()), "",
              "| metric | value |", "|---|---|", *(f"| {k} | {_cell(v)} |" for k, v in summary.items()), "",
              "mean@n: mean fraction correct; pass@k: unbiased estimator (Chen et al. 2021) from the n samples; "
+             "never_solved: prompts with no correct sample in n (1 − pass@n); "
              "distinct_correct: distinct correct completions (whitespace-stripped) per prompt; mean_length: "
              "completion tokens, EOS included; frac_truncated: cut at max_new_tokens; frac_unscored: no reward "
              "applied (counted as not correct).", ""]

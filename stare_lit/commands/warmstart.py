@@ -7,11 +7,14 @@ stop as soon as its *sampled* accuracy (temperature 1) on held-out prompts reach
 
     stare-lit warmstart                           # addition; writes artifacts/arith-warmstart
     stare-lit warmstart --task partial_sums       # running sums; writes artifacts/sums-warmstart
+    stare-lit warmstart --task countdown          # Countdown; writes artifacts/countdown-warmstart
     stare-lit warmstart --help                    # every setting below
 
 On ``partial_sums`` each training example's order is drawn uniformly from the 24 valid ones, so
 the warm start spreads its probability over all the solutions (its forks start near log 4, log 3,
-log 2 nats). The result loads like any Hugging Face checkpoint (``AutoModelForCausalLM.from_pretrained``).
+log 2 nats). On ``countdown`` each example is a uniformly drawn correct solution of its problem (there are
+few), and at the end the share of held-out problems whose G = 8 samples are all wrong is measured: those
+groups give GRPO no gradient, so RL starts with some to learn. The result loads like any Hugging Face checkpoint (``AutoModelForCausalLM.from_pretrained``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from stare_lit.errors import check
 from stare_lit.rewards.base import Reward
 from stare_lit.rollout.base import Sampling
 from stare_lit.rollout.hf import generate
-from stare_lit.data.tasks import arithmetic, partial_sums
+from stare_lit.data.tasks import arithmetic, countdown, partial_sums
+from stare_lit.ops.metrics import all_wrong_share
 
 
 @dataclass
@@ -86,6 +90,33 @@ def partial_sums_task(eval_prompts: int, seed: int, data_seed: int) -> Supervise
                           partial_sums.PartialSumsReward(), longest + 8)
 
 
+def countdown_task(eval_prompts: int, seed: int, data_seed: int) -> SupervisedTask:
+    """Uniformly drawn correct solutions of the RL task's training problems (its default settings); neither the
+    RL validation problems nor the accuracy check's are trained on."""
+    h = countdown.CountdownDataModule(seed=data_seed).hparams
+    settings = (h.count, h.low, h.high, h.operators, h.max_target)
+    _, held_out = countdown.split_problems(*settings, h.num_val_prompts, data_seed)
+    rng = random.Random(seed + 7)
+    eval_rows = []
+    while len(eval_rows) < eval_prompts:
+        numbers, target = countdown.random_problem(*settings, rng)
+        if countdown.problem_key(numbers, target) not in held_out:
+            held_out.add(countdown.problem_key(numbers, target))
+            eval_rows.append({"prompt": countdown.prompt_of(numbers, target), "operators": h.operators})
+
+    def examples(n: int, rng: random.Random) -> list[tuple[str, str]]:
+        out = []
+        while len(out) < n:
+            numbers, target = countdown.random_problem(*settings, rng)
+            if countdown.problem_key(numbers, target) not in held_out:
+                out.append((countdown.prompt_of(numbers, target),
+                            rng.choice(countdown.all_solutions(numbers, target, h.operators))))
+        return out
+
+    return SupervisedTask(arithmetic.char_tokenizer(countdown.SYMBOLS), examples, eval_rows,
+                          countdown.CountdownReward(), countdown.max_completion_chars(h.count, h.high, h.max_target) + 8)
+
+
 def supervised_batch(tokenizer, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
     """Right-padded prompt+completion+EOS with labels only on the completion and EOS."""
     ids, labels = [], []
@@ -100,22 +131,29 @@ def supervised_batch(tokenizer, pairs: list[tuple[str, str]]) -> dict[str, torch
     return {"input_ids": input_ids, "attention_mask": pad([[1] * len(r) for r in ids], 0), "labels": pad(labels, -100)}
 
 
-def sampled_accuracy(model, task: SupervisedTask, temperature: float) -> float:
+def sampled_correct(model, task: SupervisedTask, temperature: float, samples: int = 1) -> torch.Tensor:
+    """(prompts, samples) bool: whether each sample on the held-out prompts is correct."""
     sampling = Sampling(temperature=temperature or 1.0, max_new_tokens=task.max_new_tokens)
     prompts = [r["prompt"] for r in task.eval_rows]
-    rollout = generate(model, task.tokenizer, prompts, 1, sampling, greedy=temperature == 0)
-    columns = {k: [r[k] for r in task.eval_rows] for k in task.eval_rows[0] if k != "prompt"}
-    scores = task.reward(prompts, rollout.completions, **columns)
-    return sum(scores) / len(scores)
+    rollout = generate(model, task.tokenizer, prompts, samples, sampling, greedy=temperature == 0)
+    columns = {k: [r[k] for r in task.eval_rows for _ in range(samples)] for k in task.eval_rows[0] if k != "prompt"}
+    scores = task.reward([p for p in prompts for _ in range(samples)], rollout.completions, **columns)
+    return (torch.tensor(scores) >= 1.0).view(len(prompts), samples)
 
 
-DEFAULT_OUT = {"arithmetic": "artifacts/arith-warmstart", "partial_sums": "artifacts/sums-warmstart"}
+def sampled_accuracy(model, task: SupervisedTask, temperature: float) -> float:
+    return sampled_correct(model, task, temperature).float().mean().item()
+
+
+DEFAULT_OUT = {"arithmetic": "artifacts/arith-warmstart", "partial_sums": "artifacts/sums-warmstart",
+               "countdown": "artifacts/countdown-warmstart"}
+GROUP_SIZE = 8  # the RL configs' G, at which the warm start's all-wrong groups are counted
 
 
 def check_settings(*, task, out_dir, min_digits, max_digits, hidden_size, num_layers, num_heads, max_steps, batch_size,
                    lr, target_accuracy, eval_every, eval_prompts, seed, data_seed) -> None:
     """Every setting of ``warmstart``, checked before minutes of training: one line naming the flag and the fix."""
-    check(task in DEFAULT_OUT, f"warmstart --task must be arithmetic or partial_sums, got {task!r}")
+    check(task in DEFAULT_OUT, f"warmstart --task must be arithmetic, partial_sums or countdown, got {task!r}")
     check_count(max_steps, "warmstart --max_steps", meaning="training steps; 0 would save an untrained model")
     check_count(batch_size, "warmstart --batch_size", meaning="problems per step")
     check_positive(lr, "warmstart --lr", "the AdamW learning rate, e.g. 1e-3")
@@ -145,7 +183,7 @@ def check_settings(*, task, out_dir, min_digits, max_digits, hidden_size, num_la
 
 
 def warmstart(
-    task: Literal["arithmetic", "partial_sums"] = "arithmetic",
+    task: Literal["arithmetic", "partial_sums", "countdown"] = "arithmetic",
     out_dir: str | None = None,
     min_digits: int = 3,
     max_digits: int = 3,
@@ -165,9 +203,10 @@ def warmstart(
 
     Args:
         task: "arithmetic" (worked additions, stare_lit.data.tasks.arithmetic) or "partial_sums" (running
-            sums in any order, stare_lit.data.tasks.partial_sums; trained on uniformly drawn orders).
+            sums in any order, stare_lit.data.tasks.partial_sums; trained on uniformly drawn orders) or
+            "countdown" (stare_lit.data.tasks.countdown; trained on uniformly drawn correct solutions).
         out_dir: where the model and tokenizer are saved (Hugging Face format); default
-            artifacts/arith-warmstart or artifacts/sums-warmstart.
+            artifacts/arith-warmstart, artifacts/sums-warmstart or artifacts/countdown-warmstart.
         min_digits: fewest digits of an operand (arithmetic only).
         max_digits: most digits of an operand (arithmetic only).
         hidden_size: model width.
@@ -191,8 +230,10 @@ def warmstart(
     rng = random.Random(seed)
     if task == "arithmetic":
         job = arithmetic_task(min_digits, max_digits, eval_prompts, seed, data_seed)
-    else:
+    elif task == "partial_sums":
         job = partial_sums_task(eval_prompts, seed, data_seed)
+    else:
+        job = countdown_task(eval_prompts, seed, data_seed)
     tokenizer = job.tokenizer
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=4 * hidden_size,
                          num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
@@ -225,6 +266,9 @@ def warmstart(
                "seconds": time.time() - start, "max_new_tokens": job.max_new_tokens}
     if task == "arithmetic":
         summary |= {"min_digits": min_digits, "max_digits": max_digits}
+    if task == "countdown":  # how many problems RL starts with no gradient on
+        summary["all_wrong_groups"] = all_wrong_share(sampled_correct(model, job, 1.0, GROUP_SIZE)).item()
+        print(f"held-out problems whose {GROUP_SIZE} samples are all wrong: {summary['all_wrong_groups']:.3f}")
     (out / "warmstart.json").write_text(json.dumps(summary, indent=2))
     print(f"warm start saved to {out} after {step} steps: sampled accuracy {acc:.3f}, greedy {greedy:.3f}")
     return out

@@ -153,7 +153,7 @@ def _template_fields(template: str) -> list[str]:
 def _format_rows(
     batch: dict[str, list],
     *,
-    prompt_column: str,
+    prompt_column: str | None,
     answer_column: str | None,
     template: str,
     answer_regex: str | None,
@@ -161,20 +161,20 @@ def _format_rows(
     split: str,
 ) -> dict[str, list]:
     """``datasets.map`` function (batched): add the formatted ``prompt`` and the gold ``answer``."""
-    n = len(batch[prompt_column])
+    n = len(next(iter(batch.values())))
     columns = list(batch)
     pattern = re.compile(answer_regex) if answer_regex else None
     prompts, answers = [], []
     for i in range(n):
         row = {c: batch[c][i] for c in columns}
-        text = row[prompt_column]
-        if not usable(text):  # empty or None: the row is dropped with a count (stare_lit.data.rows)
+        text = row[prompt_column] if prompt_column is not None else None
+        if prompt_column is not None and not usable(text):  # empty or None: the row is dropped with a count (stare_lit.data.rows)
             prompts.append("")
             if answer_column is not None:
                 answers.append(None)
             continue
         try:
-            prompts.append(template.format(**{**row, "prompt": text}))
+            prompts.append(template.format(**(row if prompt_column is None else {**row, "prompt": text})))
         except (KeyError, IndexError, AttributeError, TypeError, ValueError) as e:
             raise ConfigError(
                 f"{_key('prompt_template')}: formatting {template!r} failed on a row of split "
@@ -224,7 +224,8 @@ class PromptDataModule(L.LightningDataModule):
         val_size: The hold-out when ``val_split`` is null: a fraction in (0, 1) or a row count
             (a whole number >= 1).
         prompt_column: The column holding the question text; ``{prompt}`` in the template is its
-            value.
+            value. Null for data with no question text (TinyZero's Countdown: columns ``nums`` and
+            ``target``): the prompt is the template over the row's columns, which it must name.
         answer_column: The column holding the gold answer, passed to rewards as ``"answer"``
             (numbers are turned into text). Null for a dataset without gold answers.
         prompt_template: A Python format string over the row's columns; the result is the
@@ -251,7 +252,7 @@ class PromptDataModule(L.LightningDataModule):
         split: str = "train",
         val_split: str | None = None,
         val_size: float | int = 0.05,
-        prompt_column: str = "prompt",
+        prompt_column: str | None = "prompt",
         answer_column: str | None = "answer",
         prompt_template: str = "{prompt}",
         answer_regex: str = "",
@@ -266,12 +267,16 @@ class PromptDataModule(L.LightningDataModule):
         check(isinstance(split, str) and split != "", f"{_key('split')}: give a split name such as 'train'")
         check(val_split != split, f"{_key('val_split')}: '{val_split}' is also the training split; "
               "use another split, or null to hold out val_size of the training split")
-        check(isinstance(prompt_column, str) and prompt_column != "", f"{_key('prompt_column')}: give a column name")
+        check(prompt_column is None or (isinstance(prompt_column, str) and prompt_column != ""),
+              f"{_key('prompt_column')}: give a column name, or null to build the prompt from the template alone")
         check(answer_column is None or (isinstance(answer_column, str) and answer_column != ""),
               f"{_key('answer_column')}: give a column name, or null for no gold answers")
         check(isinstance(prompt_template, str) and prompt_template != "",
               f"{_key('prompt_template')}: give a format string such as '{{prompt}}'")
         self._template_fields = _template_fields(prompt_template)
+        check(prompt_column is not None or self._template_fields,
+              f"{_key('prompt_template')}: with {_key('prompt_column')} null the prompt is the template alone, "
+              f"and {prompt_template!r} names no column; write e.g. 'Using the numbers {{nums}}, make {{target}}.'")
         answer_regex = answer_regex or None  # "" (and None from Python callers): no extraction
         if answer_regex is not None:
             check(answer_column is not None,
@@ -377,19 +382,20 @@ class PromptDataModule(L.LightningDataModule):
     def _check_columns(self, ds: Dataset, split: str) -> None:
         columns = list(ds.column_names)
         available = ", ".join(columns) or "(none)"
-        check(self.prompt_column in columns,
+        check(self.prompt_column is None or self.prompt_column in columns,
               f"{_key('prompt_column')}: no column '{self.prompt_column}' in split '{split}' of "
               f"'{self.path}'; available columns: {available}. Set it to the column holding the question")
         check(self.answer_column is None or self.answer_column in columns,
               f"{_key('answer_column')}: no column '{self.answer_column}' in split '{split}' of "
               f"'{self.path}'; available columns: {available}. Set it to the gold-answer column, "
               "or null for none")
-        feature = ds.features[self.prompt_column]
+        feature = ds.features[self.prompt_column] if self.prompt_column is not None else Value("string")
         check(isinstance(feature, Value) and feature.dtype in ("string", "large_string"),
               f"{_key('prompt_column')}: column '{self.prompt_column}' of split '{split}' holds "
               f"{feature.dtype if isinstance(feature, Value) else type(feature).__name__.lower()} values, not text; "
               "point it at a text column")
-        missing = [f for f in self._template_fields if f not in columns and f != "prompt"]
+        missing = [f for f in self._template_fields
+                   if f not in columns and (f != "prompt" or self.prompt_column is None)]
         check(not missing,
               f"{_key('prompt_template')}: refers to {', '.join('{' + f + '}' for f in missing)}, "
               f"not a column of '{self.path}'; available columns: {available} "

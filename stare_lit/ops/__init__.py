@@ -9,6 +9,6 @@ from stare_lit.ops.logprobs import token_logprobs_and_entropy, head_logprobs_and
 from stare_lit.ops.loss import Aggregation, aggregate, policy_loss
 from stare_lit.ops.entropy_dynamics import predicted_entropy_change, quadrant_masks, softmax_entropy_gradient
 from stare_lit.ops.distributed import all_reduce_sum, gather_valid, is_distributed, masked_mean
-from stare_lit.ops.metrics import pass_at_k, pass_at_k_levels, sample_accuracy
+from stare_lit.ops.metrics import all_wrong_share, pass_at_k, pass_at_k_levels, sample_accuracy
 
-__all__ = ["AdvantageScale", "group_advantages", "equal_groups", "token_logprobs_and_entropy", "head_logprobs_and_entropy", "model_logprobs_and_entropy", "Aggregation", "aggregate", "policy_loss", "predicted_entropy_change", "quadrant_masks", "softmax_entropy_gradient", "all_reduce_sum", "gather_valid", "is_distributed", "masked_mean", "pass_at_k", "pass_at_k_levels", "sample_accuracy"]
+__all__ = ["AdvantageScale", "group_advantages", "equal_groups", "token_logprobs_and_entropy", "head_logprobs_and_entropy", "model_logprobs_and_entropy", "Aggregation", "aggregate", "policy_loss", "predicted_entropy_change", "quadrant_masks", "softmax_entropy_gradient", "all_reduce_sum", "gather_valid", "is_distributed", "masked_mean", "pass_at_k", "pass_at_k_levels", "sample_accuracy", "all_wrong_share"]

@@ -1,6 +1,9 @@
-"""Sample metrics: unbiased pass@k, mean@n and distinct correct solutions per prompt."""
+"""Sample metrics: unbiased pass@k, mean@n, distinct correct solutions and never-solved prompts; the share of
+training groups with no correct sample."""
 
 from __future__ import annotations
+
+from torch import Tensor
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -37,8 +40,10 @@ def sample_accuracy(correct: list[list[bool]], solutions: list[list[str]] | None
             that a run's curve can be drawn from its metrics), e.g. :func:`pass_at_k_levels` for a short table.
 
     Returns ``mean@n`` (the mean fraction correct), ``pass@k`` for k in ``levels`` (the unbiased
-    estimator) and, with ``solutions``, ``distinct_correct`` (distinct correct texts per prompt).
-    Example: correct=[[1, 0], [0, 0]] → mean@2 0.25, pass@1 0.25, pass@2 0.5.
+    estimator), ``never_solved`` (the share of prompts with no correct sample in n: 1 − pass@n, the
+    prompts a policy has lost or never had) and, with ``solutions``, ``distinct_correct`` (distinct
+    correct texts per prompt).
+    Example: correct=[[1, 0], [0, 0]] → mean@2 0.25, pass@1 0.25, pass@2 0.5, never_solved 0.5.
     """
     if not correct:
         return {}
@@ -49,7 +54,18 @@ def sample_accuracy(correct: list[list[bool]], solutions: list[list[str]] | None
     out = {f"mean@{n}": sum(counts) / (n * len(counts))}
     for k in levels if levels is not None else range(1, n + 1):
         out[f"pass@{k}"] = sum(pass_at_k(n, c, k) for c in counts) / len(counts)
+    out["never_solved"] = sum(c == 0 for c in counts) / len(counts)
     if solutions is not None:
         distinct = [len({s for s, ok in zip(texts, row) if ok}) for texts, row in zip(solutions, correct)]
         out["distinct_correct"] = sum(distinct) / len(distinct)
     return out
+
+
+def all_wrong_share(correct: Tensor) -> Tensor:
+    """The share of groups with no correct sample: prompts whose G completions are all wrong.
+
+    Such a group gives GRPO no gradient (every advantage is 0), so a policy that keeps sampling the same
+    wrong path on a prompt never learns it. ``correct`` is (P, G) bool; returns a 0-dim float tensor.
+    Example: [[1, 0], [0, 0], [0, 0], [0, 1]] → 0.5.
+    """
+    return (~correct.any(dim=1)).float().mean()  # (P, G) → (P,) → ()

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from stare_lit.ops.distributed import all_reduce_sum, masked_mean
+from stare_lit.ops.metrics import all_wrong_share
 from stare_lit.rewards.runner import ScoredBatch, none_fraction
 from stare_lit.rollout.base import Rollout
 
@@ -75,8 +76,8 @@ class StepKeys:
         return {key: float(metrics.get(key, math.nan)) for key in sorted(self.keys)}
 
 
-def step_metrics(generated: Rollout, kept_mask: Tensor, scored: ScoredBatch, flat: Tensor, entropy: Tensor,
-                 old_logprobs: Tensor, stats: dict[str, float], times: tuple[float, float, float]) -> dict[str, float]:
+def step_metrics(generated: Rollout, kept_mask: Tensor, scored: ScoredBatch, flat: Tensor, correct: Tensor,
+                 entropy: Tensor, old_logprobs: Tensor, stats: dict[str, float], times: tuple[float, float, float]) -> dict[str, float]:
     """The metrics of one training step.
 
     Args:
@@ -84,6 +85,7 @@ def step_metrics(generated: Rollout, kept_mask: Tensor, scored: ScoredBatch, fla
         kept_mask: (N, T) the completion tokens that entered the loss.
         scored: the rewards (``total`` (N,), NaN where unscorable) and per-reward values and counts.
         flat: (P,) groups whose rewards were all equal.
+        correct: (P, G) bool, each completion correct by the accuracy reward (value >= 1, as validation counts).
         entropy, old_logprobs: (N, T) of π_old: the logged token entropy and surprisal.
         stats: the update's own stats (loss, grad_norm, trained_tokens, ...), logged as ``train/<key>``.
         times: seconds of (generate, score, update).
@@ -95,6 +97,8 @@ def step_metrics(generated: Rollout, kept_mask: Tensor, scored: ScoredBatch, fla
     metrics = {
         "train/reward": (reward_sum[0] / reward_sum[1]).item() if reward_sum[1] > 0 else math.nan,
         "train/frac_zero_std": flat.float().mean().item(),
+        # Prompts whose G samples are all wrong: no gradient, and a collapsed policy never learns them.
+        "train/all_wrong_groups": all_wrong_share(correct).item(),
         "train/frac_unscored": (~ok).float().mean().item(),
         "train/completion_length": lengths.float().mean().item(),
         # Degenerate completions, counted: cut at max_new_tokens; no text at all; nothing but EOS.

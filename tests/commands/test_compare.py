@@ -42,7 +42,8 @@ def test_summary_has_fork_entropy_pass_at_1_pass_at_n_and_distinct(tmp_path):
     assert row["entropy_end"] == pytest.approx(0.55) and curves.index.max() == 9  # the last tenth: step 9
 
 
-@pytest.mark.parametrize("name", ["main", "protocol", "protocol_baselines", "above_entropy", "above_entropy_long"])
+@pytest.mark.parametrize("name", ["main", "protocol", "protocol_baselines", "above_entropy", "above_entropy_long",
+                                  "countdown"])
 def test_compare_configs_parse_and_name_existing_files(name):
     """configs/compare/*.yaml are `stare-lit compare --config` files whose base and schemes exist."""
     from pathlib import Path
@@ -83,8 +84,10 @@ def fake_run(out, scheme, seed, correct, entropy_end, never_solved=False):
                           "entropy_monitor/entropy_change_pred_reweight": [0.0] * 10 + [0.002] * 10})
     texts = [["a", "b", "c", "d"]] * len(correct)
     final = {f"val/{k}": v for k, v in sample_accuracy([[bool(c) for c in row] for row in correct], texts).items()}
-    if never_solved:
-        final["val/never_solved"] = sum(not any(row) for row in correct) / len(correct)
+    if not never_solved:  # a run from before validation logged it (sample_accuracy's never_solved)
+        del final["val/never_solved"]
+    else:
+        assert final["val/never_solved"] == sum(not any(row) for row in correct) / len(correct)
     early = [{"step": step, **{k: 0.0 for k in final}, "val/mean@4": m} for step, m in zip((4, 9), EARLY[scheme, seed])]
     val = pd.DataFrame([*early, {"step": 19, **final}])
     path = out / scheme / f"seed{seed}" / "run" / "metrics.csv"
@@ -218,3 +221,16 @@ def test_the_resume_command_gives_back_every_setting():
     parser = ArgumentParser(exit_on_error=False)
     parser.add_function_arguments(compare)
     assert vars(parser.parse_args(words[2:])) == settings
+
+
+def test_summary_has_the_all_wrong_and_never_solved_shares(tmp_path):
+    steps = range(20)  # all wrong groups 0.5 in the first tenth (steps 0, 1), 0.25 in the last (18, 19)
+    train = pd.DataFrame({"step": steps, "train/entropy": 0.3, "train/reward": 0.5, "train/completion_length": 26.0,
+                          "train/all_wrong_groups": [0.5] * 2 + [0.4] * 16 + [0.25] * 2})
+    val = pd.DataFrame({"step": [9, 19], "val/mean@4": [0.3, 0.5], "val/pass@1": [0.3, 0.5],
+                        "val/pass@4": [0.6, 0.75], "val/never_solved": [0.4, 0.25]})
+    path = tmp_path / "metrics.csv"
+    pd.concat([train, val]).to_csv(path, index=False)
+    row, curves = summarise_run(path)
+    assert (row["all_wrong_start"], row["all_wrong_end"], row["never_solved_final"]) == (0.5, 0.25, 0.25)
+    assert curves["all_wrong_groups"].iloc[0] == 0.5 and curves["val_never_solved"].dropna().tolist() == [0.4, 0.25]

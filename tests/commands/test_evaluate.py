@@ -51,6 +51,7 @@ def test_pass_at_k_matches_hand_computed_values(tiny_model_dir, tmp_path):
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in rows] == [r["prompt"] for r in ROWS]  # both batches (3 + 1 prompts), in order
     assert [sum(r["correct"]) for r in rows] == [0, 1, 2, 4]
+    assert summary["never_solved"] == pytest.approx(1 / 4)  # the prompt with 0 of N correct
     assert all(len(r["completions"]) == N and len(r["scores"]["total"]) == N for r in rows)
     assert rows[1]["columns"] == {"c": 1}
     distinct = [len({t.strip() for t, ok in zip(r["completions"], r["correct"]) if ok}) for r in rows]

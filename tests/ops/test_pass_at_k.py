@@ -57,3 +57,24 @@ def test_sample_accuracy_by_hand():
     assert [k for k in short if k.startswith("pass@")] == ["pass@1", "pass@4"] and short["pass@4"] == out["pass@4"]
     with pytest.raises(ValueError, match="the same number of samples"):
         sample_accuracy([[True], [True, False]])
+
+
+def test_never_solved_by_hand():
+    from stare_lit.ops.metrics import sample_accuracy
+
+    correct = [[False, False, False], [False, True, False], [False, False, False], [True, True, True]]
+    out = sample_accuracy(correct)
+    assert out["never_solved"] == pytest.approx(2 / 4)  # prompts 0 and 2 have no correct sample in 3
+    assert out["never_solved"] == pytest.approx(1 - out["pass@3"])
+    assert sample_accuracy([[True, False]])["never_solved"] == 0.0
+
+
+def test_all_wrong_share_by_hand():
+    import torch
+
+    from stare_lit.ops.metrics import all_wrong_share
+
+    correct = torch.tensor([[1, 0], [0, 0], [0, 0], [0, 1]], dtype=torch.bool)  # (P=4, G=2)
+    assert all_wrong_share(correct).item() == pytest.approx(0.5)
+    assert all_wrong_share(torch.ones(3, 8, dtype=torch.bool)).item() == 0.0
+    assert all_wrong_share(torch.zeros(3, 8, dtype=torch.bool)).item() == 1.0

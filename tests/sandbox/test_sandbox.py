@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,9 +120,10 @@ class Outside:
         self.unix.bind(str(self.dir / "listener.sock"))
         os.chmod(self.dir / "listener.sock", 0o777)
         self.tcp = socket.create_server(("127.0.0.1", 0))
-        for kind, server in (("unix", self.unix), ("tcp", self.tcp)):
+        self.listeners = {"unix": self.unix, "tcp": self.tcp}
+        for server in self.listeners.values():
             server.listen()
-            threading.Thread(target=self._accept, args=(kind, server), daemon=True).start()
+            server.setblocking(False)
         self.pty_master, slave = os.openpty()  # a terminal of the trainer's, as the terminal it runs in would be
         os.set_blocking(self.pty_master, False)
         self.pty = os.ttyname(slave)
@@ -133,14 +133,21 @@ class Outside:
         self.ipc_key = 0x5A000000 + os.getpid() % 0xFFFF
         self.mq_name = f"/stare-lit-{os.getpid()}"
 
-    def _accept(self, kind: str, server: socket.socket) -> None:
-        while True:
-            try:
-                connection, _ = server.accept()
-            except OSError:
-                return
-            self.accepted[kind] += 1
-            connection.close()
+    def _accept_pending(self) -> None:
+        """Count the connections waiting in each listener's queue, here and now.
+
+        Not an accepting thread: under load it could count a control's connection after the sandboxed
+        run's "before" snapshot and blame the sandbox (CI saw exactly that). A finished program's
+        connect has already landed in the queue, so draining it at each snapshot counts it in time.
+        """
+        for kind, server in self.listeners.items():
+            while True:
+                try:
+                    connection, _ = server.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                self.accepted[kind] += 1
+                connection.close()
 
     def _add_keys(self) -> list[int]:
         if _KEYCTL is None:
@@ -162,6 +169,7 @@ class Outside:
                 "ipc_key": self.ipc_key, "mq_name": self.mq_name, "secret": SECRET}
 
     def snapshot(self) -> dict:
+        self._accept_pending()
         return {"accepted": dict(self.accepted), "core_pattern": Path("/proc/sys/kernel/core_pattern").read_text(),
                 "pty": self._drain_pty()}
 
@@ -689,6 +697,17 @@ def outside():
 
 
 ROW_NAMES = sorted(hostile_rows(Outside.dummy()))
+
+
+def test_the_outside_sees_a_bare_connection_at_once(outside):
+    """The watcher is not blind, and not late: a connection made before a snapshot is counted by it."""
+    before = outside.snapshot()
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(outside.placeholders()["unix"])
+    socket.create_connection(("127.0.0.1", outside.placeholders()["port"]), timeout=2).close()
+    assert outside.snapshot()["accepted"] == {"unix": before["accepted"]["unix"] + 1,
+                                              "tcp": before["accepted"]["tcp"] + 1}
+    assert outside.changes(outside.snapshot()) == []
 
 
 @needs_namespaces

@@ -12,7 +12,9 @@ While they run, the console says every 15 s where each run is (step, entropy now
 OUT/summary.md (the table, headed in words), OUT/summary.csv and OUT/runs.csv (the same by column
 key), OUT/curves.png (entropy, reward and validation accuracy against step, one line per scheme,
 mean over seeds), OUT/pass_at_k.png and OUT/pass_at_k.csv (pass@k for every k at the last
-validation, per scheme), and prints a short verdict: one line per scheme, then those paths.
+validation, per scheme), and prints a short verdict: one line per scheme, then those paths. With
+``--final_samples N`` it also samples every run's last policy and the policy the runs started from N
+times per validation prompt: pass@k to k = N beside the start (``compare_final``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import pandas as pd
 from stare_lit.commands.cli import check_fit
 from stare_lit.commands.inputs import check_count, check_file, check_output_dir, check_seed
 from stare_lit.errors import check
+from stare_lit.commands.compare_final import evaluate_all, write_final
 from stare_lit.commands.compare_progress import ProgressWatcher
 from stare_lit.commands.compare_runs import Runs, fit_arguments, run_name, run_one
 
@@ -261,7 +264,8 @@ def plot(curves: dict[str, pd.DataFrame], path: Path) -> None:
     plt.close(fig)
 
 
-def check_settings(*, schemes: list[str], seeds: list[int], base: str, max_steps: int, out_dir: str, jobs: int) -> None:
+def check_settings(*, schemes: list[str], seeds: list[int], base: str, max_steps: int, out_dir: str, jobs: int,
+                   final_samples: int) -> None:
     """Every argument but extra_args (checked with the runs' settings by ``check_fit``): one line each."""
     check(len(schemes) > 0, "compare --schemes is empty; give at least one YAML overlay, e.g. "
                             "[configs/schemes/grpo.yaml, configs/schemes/stare.yaml]")
@@ -279,6 +283,9 @@ def check_settings(*, schemes: list[str], seeds: list[int], base: str, max_steps
                          f"OUT_DIR/{clash}/; rename one")
     check_count(max_steps, "compare --max_steps", meaning="optimizer steps per run")
     check_count(jobs, "compare --jobs", meaning="runs at once")
+    check(isinstance(final_samples, int) and not isinstance(final_samples, bool) and final_samples >= 0,
+          f"compare --final_samples is {final_samples!r}; give 0 (no final evaluation) or the samples per prompt of "
+          "the last policies' pass@k, e.g. 64")
     check_output_dir(out_dir, "compare --out_dir")
 
 
@@ -352,6 +359,7 @@ def compare(
     out_dir: str = "runs/compare",
     extra_args: list[str] = [],  # noqa: B006
     jobs: int = 1,
+    final_samples: int = 0,
 ) -> Path:
     """Train each scheme with each seed on the same task and model; write a table and plots.
 
@@ -364,11 +372,15 @@ def compare(
         extra_args: more ``stare-lit fit`` arguments for every run.
         jobs: runs at once; each gets cpu_count // jobs threads. On a small CPU, tiny models run
             faster as several 1-thread processes than as one multi-threaded one.
+        final_samples: after the runs, sample each run's last policy and the policy they started from
+            this many times per validation prompt (``stare-lit evaluate``): pass@k to k = final_samples
+            into final_pass_at_k.png / .csv. 0: none.
 
     Returns:
         The output directory.
     """
-    check_settings(schemes=schemes, seeds=seeds, base=base, max_steps=max_steps, out_dir=out_dir, jobs=jobs)
+    check_settings(schemes=schemes, seeds=seeds, base=base, max_steps=max_steps, out_dir=out_dir, jobs=jobs,
+                   final_samples=final_samples)
     out = Path(out_dir)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     grid = [(scheme, seed) for scheme in schemes for seed in seeds]
@@ -384,22 +396,31 @@ def compare(
     with runs.handling_signals(), watch, ThreadPoolExecutor(max_workers=jobs) as pool:  # threads wait on processes
         walls = list(pool.map(lambda job: run_one(base, job[0], job[1], max_steps, run_dir(*job), extra_args,
                                                   threads, runs, watch), grid))
-    if runs.signum is not None and None in walls:
+    evaluated, named_runs = True, {(Path(scheme).stem, seed): run_dir(scheme, seed) for scheme, seed in grid}
+    if final_samples and None not in walls:
+        print(f"compare: sampling the start policy and {len(grid)} last policies {final_samples} times per "
+              "validation prompt", flush=True)
+        with runs.handling_signals():
+            evaluated = evaluate_all(out, named_runs, final_samples, jobs, threads, runs)
+    if runs.signum is not None and (None in walls or not evaluated):
         name = signal.Signals(runs.signum).name
         print(f"compare: stopped by {name}: {walls.count(None)} of {len(grid)} runs unfinished (each resumes from "
               f"its last.ckpt, or starts again if it saved none); nothing summarised\n"
-              f"to resume: {resume_command(schemes, seeds, base, max_steps, out_dir, extra_args, jobs)}",
+              f"to resume: {resume_command(schemes, seeds, base, max_steps, out_dir, extra_args, jobs, final_samples)}",
               file=sys.stderr, flush=True)
         sys.exit(128 + runs.signum)
     lines = write_summary(out, grid, walls, seeds, max_steps, base)
+    if final_samples:
+        lines += [""] + write_final(out, named_runs, final_samples)
     print("\nVerdict (seed mean where several; entropy: first → last 10% of steps; the rest at the last validation):")
     print("\n".join(lines))
     return out
 
 
 def resume_command(schemes: list[str], seeds: list[int], base: str, max_steps: int, out_dir: str,
-                   extra_args: list[str], jobs: int) -> str:
+                   extra_args: list[str], jobs: int, final_samples: int) -> str:
     """The command that runs the same comparison again, every setting spelt out (a shell line)."""
     settings = {"schemes": json.dumps(schemes), "seeds": json.dumps(seeds), "base": base, "max_steps": max_steps,
-                "out_dir": out_dir, "extra_args": json.dumps(extra_args), "jobs": jobs}
+                "out_dir": out_dir, "extra_args": json.dumps(extra_args), "jobs": jobs,
+                "final_samples": final_samples}
     return shlex.join(["stare-lit", "compare", *(x for key, value in settings.items() for x in (f"--{key}", str(value)))])

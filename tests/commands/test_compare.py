@@ -215,7 +215,8 @@ def test_the_resume_command_gives_back_every_setting():
     from stare_lit.commands.compare import compare, resume_command
 
     settings = dict(schemes=["configs/schemes/grpo.yaml", "my dir/stare.yaml"], seeds=[0, 3], base="configs/b.yaml",
-                    max_steps=40, out_dir="runs/x y", extra_args=['--trainer.callbacks+={"class_path": "a.B"}'], jobs=2)
+                    max_steps=40, out_dir="runs/x y", extra_args=['--trainer.callbacks+={"class_path": "a.B"}'], jobs=2,
+                    final_samples=64)
     words = shlex.split(resume_command(**settings))
     assert words[:2] == ["stare-lit", "compare"]
     parser = ArgumentParser(exit_on_error=False)

@@ -1,0 +1,135 @@
+"""``stare-lit compare --final_samples N``: pass@k to k = N of every run's last policy, beside the policy it started from.
+
+Validation during training samples ``model.validation.samples`` (16 by default) per prompt. Whether RL narrows the
+set of prompts a policy can solve shows only at larger k: Yue et al. (arXiv 2504.13837) measured that at large k the
+RL model's pass@k falls below its base model's. So once the runs are done, each run's ``last.ckpt`` and the policy
+the runs started from are sampled N times per validation prompt by ``stare-lit evaluate`` — the same prompts, the
+same evaluation stream, the same scoring — each in its own process, ``jobs`` at a time::
+
+    OUT/start/final_n<N>/                # the runs' own model.policy before any RL (the warm start)
+    OUT/<scheme>/seed<k>/final_n<N>/     # a run's last.ckpt
+
+Each holds evaluate's results.jsonl, summary.md and summary.csv. The start is evaluated with the first run's saved
+config, so it sees the data and sampling the runs saw, ``--extra_args`` included. Then OUT/final_pass_at_k.csv (one
+row per policy and k) and OUT/final_pass_at_k.png (mean over seeds, a band of ± one std; the start dashed). A
+finished evaluation (its summary.csv) is kept when the same compare runs again.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+
+from stare_lit.commands.compare_runs import Runs
+
+START = "start"  # the policy the runs started from, as the table and the plot name it
+
+
+def evaluation_dir(run_or_out: Path, n: int) -> Path:
+    return run_or_out / f"final_n{n}"
+
+
+def evaluate_one(run_config: Path, ckpt_path: Path | None, out: Path, n: int, threads: int, runs: Runs) -> bool:
+    """``stare-lit evaluate`` of one policy into ``out`` unless already there; False if the comparison was stopped."""
+    if (out / "summary.csv").exists():
+        return True
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "stare_lit.commands.cli", "evaluate", "--run_config", str(run_config), "--n", str(n),
+           "--out_dir", str(out)] + (["--ckpt_path", str(ckpt_path)] if ckpt_path is not None else [])
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with open(out / "log.txt", "w") as log:
+        code = runs.run(cmd, log, env)
+    if code is None or (code != 0 and runs.signum is not None):
+        return False
+    if code != 0:
+        raise RuntimeError(f"compare: evaluate of {ckpt_path or run_config} failed (exit {code}); see {out / 'log.txt'}")
+    return True
+
+
+def evaluate_all(out: Path, run_dirs: dict[tuple[str, int], Path], n: int, jobs: int, threads: int,
+                 runs: Runs) -> bool:
+    """Evaluate the start policy and every run's last.ckpt with n samples per prompt; False if stopped."""
+    first = next(iter(run_dirs.values()))
+    todo = [(first / "run" / "config.yaml", None, evaluation_dir(out / START, n))]
+    todo += [(d / "run" / "config.yaml", d / "run" / "checkpoints" / "last.ckpt", evaluation_dir(d, n))
+             for d in run_dirs.values()]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return all(pool.map(lambda job: evaluate_one(*job, n, threads, runs), todo))
+
+
+def read_summary(path: Path) -> dict[str, float]:
+    """evaluate's summary.csv as {metric: value}."""
+    with open(path) as f:
+        return {row["metric"]: float(row["value"]) for row in csv.DictReader(f)}
+
+
+def final_table(out: Path, run_dirs: dict[tuple[str, int], Path], n: int) -> pd.DataFrame:
+    """One row per policy (the start, then every run) and k: columns scheme, seed, k, pass@k, never_solved,
+    distinct_correct (the last two per policy, repeated over its k)."""
+    policies = [(START, -1, out / START)] + [(scheme, seed, d) for (scheme, seed), d in run_dirs.items()]
+    rows = []
+    for scheme, seed, where in policies:
+        summary = read_summary(evaluation_dir(where, n) / "summary.csv")
+        rows += [{"scheme": scheme, "seed": seed, "k": int(key.split("@")[1]), "pass@k": value,
+                  "never_solved": summary["never_solved"], "distinct_correct": summary["distinct_correct"]}
+                 for key, value in summary.items() if key.startswith("pass@")]
+    return pd.DataFrame(rows)
+
+
+def final_verdict(table: pd.DataFrame, n: int) -> list[str]:
+    """One line per policy: pass@1, pass@n and the share never solved in n (mean ± std over seeds)."""
+    per_policy = table.pivot_table(index=["scheme", "seed"], columns="k", values="pass@k", sort=False)
+    per_policy["never"] = table.groupby(["scheme", "seed"], sort=False)["never_solved"].first()
+    lines = [f"pass@k of the last policies, {n} samples per validation prompt (start: before any RL):"]
+    for scheme, seeds in per_policy.groupby(level="scheme", sort=False):
+        cells = [f"{name} {cell(seeds[col])}" for name, col in (("pass@1", 1), (f"pass@{n}", n))]
+        never = seeds["never"]
+        lines.append(f"  {scheme}: {', '.join(cells)}, {100 * never.mean():.1f}% never solved"
+                     + (f" ± {100 * never.std():.1f}% ({len(seeds)} seeds)" if len(seeds) > 1 else ""))
+    return lines
+
+
+def cell(values: pd.Series) -> str:
+    """Mean, and ± std where there are several seeds."""
+    return f"{values.mean():.3f}" + (f" ± {values.std():.3f}" if len(values) > 1 else "")
+
+
+def plot_final(table: pd.DataFrame, path: Path, n: int):
+    """pass@k against k for the start (dashed) and each scheme (mean over seeds, ± one std). Returns the Figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for scheme, runs in table.groupby("scheme", sort=False):
+        by_k = runs.groupby("k")["pass@k"]
+        mean, std, seeds = by_k.mean(), by_k.std().fillna(0.0), runs["seed"].nunique()
+        if scheme == START:
+            ax.plot(mean.index, mean.values, "k--", marker="o", markersize=3, label="start (before RL)")
+            continue
+        ax.plot(mean.index, mean.values, marker="o", markersize=3, label=f"{scheme} ({seeds} seed{'s' * (seeds > 1)})")
+        if seeds > 1:
+            ax.fill_between(mean.index, mean - std, mean + std, alpha=0.15)
+    ks = sorted(table["k"].unique())
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, labels=[str(k) for k in ks])
+    ax.set(xlabel="k (samples per prompt)", ylabel="pass@k (unbiased)",
+           title=f"pass@k of the last policies, {n} samples per prompt")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=90)
+    return fig
+
+
+def write_final(out: Path, run_dirs: dict[tuple[str, int], Path], n: int) -> list[str]:
+    """The table and the plot into out/; returns the verdict lines and the paths."""
+    table = final_table(out, run_dirs, n)
+    table.to_csv(out / "final_pass_at_k.csv", index=False)
+    plot_final(table, out / "final_pass_at_k.png", n)
+    return final_verdict(table, n) + [f"pass@k to {n}: {out / 'final_pass_at_k.png'}, {out / 'final_pass_at_k.csv'}"]

@@ -34,6 +34,7 @@ from stare_lit.commands.cli import check_fit
 from stare_lit.commands.inputs import check_count, check_file, check_output_dir, check_seed
 from stare_lit.errors import check
 from stare_lit.commands.compare_final import evaluate_all, write_final
+from stare_lit.commands.compare_plots import plot, plot_pass_at_k
 from stare_lit.commands.compare_progress import ProgressWatcher
 from stare_lit.commands.compare_runs import Runs, fit_arguments, run_name, run_one
 
@@ -235,35 +236,6 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def plot(curves: dict[str, pd.DataFrame], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [("entropy", 10, "token entropy (10-step mean)"),
-              ("fork_entropy", 10, "entropy at forking positions (10-step mean)"),
-              ("reward", 10, "train reward (10-step mean)"), ("val_mean@k", 1, "validation mean@k (accuracy)"),
-              ("val_distinct_correct", 1, "validation: distinct correct per prompt"),
-              ("all_wrong_groups", 10, "train groups all wrong (10-step mean)"),
-              ("val_never_solved", 1, "validation: prompts never solved in k")]
-    panels = [p for p in panels if any(p[0] in c for c in curves.values())]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
-    for name, c in curves.items():
-        for ax, (col, smooth, _) in zip(axes, panels):
-            if col in c:
-                s = c[col].dropna()
-                ax.plot(s.index, s.rolling(smooth, min_periods=1).mean(), label=name)
-    for ax, title in zip(axes, [p[2] for p in panels]):
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
 def check_settings(*, schemes: list[str], seeds: list[int], base: str, max_steps: int, out_dir: str, jobs: int,
                    final_samples: int) -> None:
     """Every argument but extra_args (checked with the runs' settings by ``check_fit``): one line each."""
@@ -287,35 +259,6 @@ def check_settings(*, schemes: list[str], seeds: list[int], base: str, max_steps
           f"compare --final_samples is {final_samples!r}; give 0 (no final evaluation) or the samples per prompt of "
           "the last policies' pass@k, e.g. 64")
     check_output_dir(out_dir, "compare --out_dir")
-
-
-def plot_pass_at_k(curves: pd.DataFrame, path: Path):
-    """pass@k against k, one line per scheme (mean over seeds, a band of ± one std when several).
-
-    ``curves``: one row per run and k (columns scheme, seed, k, pass@k). Returns the Figure (for tests).
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4.5), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for scheme, runs in curves.groupby("scheme", sort=False):
-        by_k = runs.groupby("k")["pass@k"]
-        mean, std = by_k.mean(), by_k.std().fillna(0.0)
-        seeds = runs["seed"].nunique()
-        ax.plot(mean.index, mean.values, marker="o", markersize=3, label=f"{scheme} ({seeds} seed{'s' * (seeds > 1)})")
-        if seeds > 1:
-            ax.fill_between(mean.index, mean - std, mean + std, alpha=0.15)
-    ks = sorted(curves["k"].unique())
-    ax.set_xscale("log", base=2)
-    ax.set_xticks([k for k in ks if k & (k - 1) == 0], labels=[str(k) for k in ks if k & (k - 1) == 0])
-    ax.set(xlabel="k (samples per prompt)", ylabel="pass@k (unbiased)",
-           title=f"pass@k at the last validation, k = 1 … {max(ks)}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.savefig(path, dpi=90)
-    return fig
 
 
 def write_summary(out: Path, jobs: list[tuple[str, int]], walls: list[float], seeds: list[int], max_steps: int,
@@ -346,7 +289,8 @@ def write_summary(out: Path, jobs: list[tuple[str, int]], walls: list[float], se
     if pass_rows:
         pass_at_k = pd.DataFrame(pass_rows)
         pass_at_k.to_csv(out / "pass_at_k.csv", index=False)
-        plot_pass_at_k(pass_at_k, out / "pass_at_k.png")
+        plot_pass_at_k(pass_at_k, out / "pass_at_k.png",
+                       f"pass@k at the last validation, k = 1 … {pass_at_k['k'].max()}")
         paths.append(f"pass@k: {out / 'pass_at_k.png'}")
     return verdict(runs) + [""] + paths
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from stare_lit.commands.compare_plots import plot_pass_at_k
 from stare_lit.commands.compare_runs import Runs
 
 START = "start"  # the policy the runs started from, as the table and the plot name it
@@ -99,37 +100,9 @@ def cell(values: pd.Series) -> str:
     return f"{values.mean():.3f}" + (f" ± {values.std():.3f}" if len(values) > 1 else "")
 
 
-def plot_final(table: pd.DataFrame, path: Path, n: int):
-    """pass@k against k for the start (dashed) and each scheme (mean over seeds, ± one std). Returns the Figure."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4.5), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for scheme, runs in table.groupby("scheme", sort=False):
-        by_k = runs.groupby("k")["pass@k"]
-        mean, std, seeds = by_k.mean(), by_k.std().fillna(0.0), runs["seed"].nunique()
-        if scheme == START:
-            ax.plot(mean.index, mean.values, "k--", marker="o", markersize=3, label="start (before RL)")
-            continue
-        ax.plot(mean.index, mean.values, marker="o", markersize=3, label=f"{scheme} ({seeds} seed{'s' * (seeds > 1)})")
-        if seeds > 1:
-            ax.fill_between(mean.index, mean - std, mean + std, alpha=0.15)
-    ks = sorted(table["k"].unique())
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(ks, labels=[str(k) for k in ks])
-    ax.set(xlabel="k (samples per prompt)", ylabel="pass@k (unbiased)",
-           title=f"pass@k of the last policies, {n} samples per prompt")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.savefig(path, dpi=90)
-    return fig
-
-
 def write_final(out: Path, run_dirs: dict[tuple[str, int], Path], n: int) -> list[str]:
     """The table and the plot into out/; returns the verdict lines and the paths."""
     table = final_table(out, run_dirs, n)
     table.to_csv(out / "final_pass_at_k.csv", index=False)
-    plot_final(table, out / "final_pass_at_k.png", n)
+    plot_pass_at_k(table, out / "final_pass_at_k.png", f"pass@k of the last policies, {n} samples per prompt", START)
     return final_verdict(table, n) + [f"pass@k to {n}: {out / 'final_pass_at_k.png'}, {out / 'final_pass_at_k.csv'}"]

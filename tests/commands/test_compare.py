@@ -109,9 +109,9 @@ def test_summary_pass_at_k_plot_and_verdict_from_the_runs(tmp_path):
     assert g0[2] == pytest.approx((pass_at_k(4, 1, 2) + 1.0) / 2) == pytest.approx((0.5 + 1.0) / 2)
     assert g0[3] == pytest.approx((0.75 + 1.0) / 2)
     # the plotted line is the mean over seeds of those numbers
-    from stare_lit.commands.compare import plot_pass_at_k
+    from stare_lit.commands.compare_plots import plot_pass_at_k
 
-    fig = plot_pass_at_k(curve, tmp_path / "again.png")
+    fig = plot_pass_at_k(curve, tmp_path / "again.png", "pass@k")
     lines_by_label = {line.get_label(): line for line in fig.axes[0].get_lines()}
     grpo = lines_by_label["grpo (2 seeds)"]
     for k, y in zip(grpo.get_xdata(), grpo.get_ydata()):

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from stare_lit.commands.compare import check_settings
-from stare_lit.commands.compare_final import START, evaluation_dir, final_table, final_verdict, plot_final
+from stare_lit.commands.compare_final import START, evaluation_dir, final_table, final_verdict
+from stare_lit.commands.compare_plots import plot_pass_at_k
 from stare_lit.commands.evaluate import evaluate
 from stare_lit.errors import ConfigError
 from tests.cli import ROOT, STARE_CONFIG
@@ -40,7 +41,7 @@ def test_table_and_verdict_from_evaluate_summaries(tmp_path):
     assert lines[1] == "  start: pass@1 0.200, pass@4 0.500, 50.0% never solved"
     # mean ± sample std over the two seeds: pass@1 0.6 ± 0.141, pass@4 0.5 ± 0.141, never solved 50% ± 14.1%
     assert lines[2] == "  grpo: pass@1 0.600 ± 0.141, pass@4 0.500 ± 0.141, 50.0% never solved ± 14.1% (2 seeds)"
-    fig = plot_final(table, tmp_path / "final.png", n)
+    fig = plot_pass_at_k(table, tmp_path / "final.png", "final", START)
     (start_line, run_line), = [fig.axes[0].get_lines()]
     assert start_line.get_linestyle() == "--" and list(start_line.get_ydata()) == [0.2, 0.35, 0.5]
     assert list(run_line.get_ydata()) == pytest.approx([0.6, 0.5, 0.5])

@@ -27,6 +27,7 @@ import pandas as pd
 
 from stare_lit.commands.compare_plots import plot_pass_at_k
 from stare_lit.commands.compare_runs import Runs
+from stare_lit.errors import check
 
 START = "start"  # the policy the runs started from, as the table and the plot name it
 
@@ -56,6 +57,9 @@ def evaluate_all(out: Path, run_dirs: dict[tuple[str, int], Path], n: int, jobs:
                  runs: Runs) -> bool:
     """Evaluate the start policy and every run's last.ckpt with n samples per prompt; False if stopped."""
     first = next(iter(run_dirs.values()))
+    missing = next((d for d in run_dirs.values() if not (d / "run" / "checkpoints" / "last.ckpt").is_file()), None)
+    check(missing is None, f"compare --final_samples evaluates each run's run/checkpoints/last.ckpt, and {missing} has "
+                           "none; give the runs a lightning.pytorch.callbacks.ModelCheckpoint with save_last: true")
     todo = [(first / "run" / "config.yaml", None, evaluation_dir(out / START, n))]
     todo += [(d / "run" / "config.yaml", d / "run" / "checkpoints" / "last.ckpt", evaluation_dir(d, n))
              for d in run_dirs.values()]

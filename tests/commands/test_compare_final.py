@@ -55,6 +55,16 @@ def test_final_samples_must_be_a_count_or_zero(bad):
                        out_dir="runs/x", jobs=1, final_samples=bad)
 
 
+def test_a_run_without_its_last_checkpoint_is_named_before_any_evaluation(tmp_path):
+    from stare_lit.commands.compare_final import evaluate_all
+    from stare_lit.commands.compare_runs import Runs
+
+    runs = {("grpo", 0): tmp_path / "grpo" / "seed0"}
+    with pytest.raises(ConfigError, match="grpo/seed0 has none; give the runs a .*ModelCheckpoint with save_last"):
+        evaluate_all(tmp_path, runs, 4, jobs=1, threads=1, runs=Runs())
+    assert not (tmp_path / START).exists()
+
+
 @pytest.mark.slow  # a tiny compare (one fit) and two evaluations in subprocesses, then two evaluations here
 def test_a_compare_samples_the_start_and_the_last_policy_as_evaluate_does(tiny_model_dir, tmp_path):
     """The start's evaluation is the runs' own policy before RL, the run's is its last.ckpt: each file is what

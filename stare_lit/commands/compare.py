@@ -348,8 +348,10 @@ def compare(
             evaluated = evaluate_all(out, named_runs, final_samples, jobs, threads, runs)
     if runs.signum is not None and (None in walls or not evaluated):
         name = signal.Signals(runs.signum).name
-        print(f"compare: stopped by {name}: {walls.count(None)} of {len(grid)} runs unfinished (each resumes from "
-              f"its last.ckpt, or starts again if it saved none); nothing summarised\n"
+        left = (f"{walls.count(None)} of {len(grid)} runs unfinished (each resumes from its last.ckpt, or starts "
+                "again if it saved none)" if None in walls else
+                "every run finished, the final evaluations not (the finished ones are kept)")
+        print(f"compare: stopped by {name}: {left}; nothing summarised\n"
               f"to resume: {resume_command(schemes, seeds, base, max_steps, out_dir, extra_args, jobs, final_samples)}",
               file=sys.stderr, flush=True)
         sys.exit(128 + runs.signum)
